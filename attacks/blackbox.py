@@ -1,0 +1,30 @@
+"""What the score-based black-box attacks (Square, one-pixel) share: querying a classifier's scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attacks.base import Objective
+from attacks.targets import TargetMode
+
+
+@torch.no_grad()
+def class_logits(objective: Objective, images: Tensor) -> Tensor:
+    """Query the model: logits (B, K) of a classification objective, without a graph."""
+    logits = objective.logits(objective.forward(images))
+    if logits.dim() != 2:
+        shape = tuple(logits.shape)
+        raise ValueError(f"score-based attacks need classification logits (B, K), got shape {shape}")
+    return logits
+
+
+def succeeded(logits: Tensor, goal: Tensor, targeted: bool) -> Tensor:
+    """(B,) bool: the predicted class differs from ``goal`` (untargeted) or equals it (targeted)."""
+    predicted = logits.argmax(dim=1)
+    return predicted == goal if targeted else predicted != goal
+
+
+def goal_queries(targets: TargetMode) -> int:
+    """Model queries spent choosing the goal labels: one for the modes read from the clean logits."""
+    return int(targets.mode in ("least_likely", "random"))

@@ -1,0 +1,87 @@
+"""DeepFool: the smallest L2 step to the nearest linearised decision boundary, repeated until fooled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.norms import TINY, per_sample
+
+BOUNDARY_NUDGE = 1e-4
+
+
+class DeepFool(Attack):
+    """DeepFool, multi-class L2 (Moosavi-Dezfooli et al. 2016, Algorithm 2).
+
+    Per iteration, for the candidate classes k (the ``candidates`` highest clean logits) it linearises
+    f_k - f_orig, steps to the nearest boundary r = (|f_l| + 1e-4) w_l / ||w_l||_2, and accumulates r;
+    x_adv = clamp(x + (1 + overshoot) * sum r). Batched over samples, looping over classes only; samples
+    already fooled stop updating. Classification objectives only (logits (B, K)).
+    """
+
+    name = "deepfool"
+
+    def __init__(self, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        check_steps("steps", steps)
+        check_positive("overshoot", overshoot)
+        check_steps("candidates", candidates)
+        if candidates < 2:
+            raise ValueError(
+                f"candidates must be >= 2 (the original class and one other), got {candidates!r}"
+            )
+        self.steps = int(steps)
+        self.overshoot = float(overshoot)
+        self.candidates = int(candidates)
+
+    def run(
+        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+    ) -> AttackResult:
+        with torch.no_grad():
+            clean_logits = objective.logits(objective.forward(images))
+        if clean_logits.dim() != 2:
+            raise ValueError(
+                f"DeepFool needs classification logits (B, K), got shape {tuple(clean_logits.shape)}"
+            )
+        classes = clean_logits.topk(min(self.candidates, clean_logits.shape[1]), dim=1).indices
+        total_step = torch.zeros_like(images)
+        adv = images.clone()
+        active = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+        recorder = TraceRecorder(images)
+        for _ in range(self.steps):
+            index = active.nonzero().squeeze(1)
+            step, fooled = self.boundary_step(objective, adv[index], classes[index])
+            active[index[fooled]] = False
+            if not active.any():
+                break
+            update = torch.zeros_like(images).index_copy_(0, index, step)
+            total_step = total_step + update * per_sample(active, update)
+            adv = (images + (1 + self.overshoot) * total_step).clamp(0.0, 1.0)
+            recorder.step(adv - images, active)
+        return AttackResult(adv, recorder.finish(adv - images))
+
+    @staticmethod
+    def boundary_step(objective: Objective, adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """The step to the nearest linearised boundary among ``classes`` (column 0 is the original class),
+        and whether each sample is already fooled (its arg-max is no longer the original class)."""
+        x = adv.detach().requires_grad_(True)
+        logits = objective.logits(objective.forward(x))
+        fooled = logits.argmax(dim=1) != classes[:, 0]
+        scores = logits.gather(1, classes)
+        last = classes.shape[1] - 1
+        (original_grad,) = torch.autograd.grad(scores[:, 0].sum(), x, retain_graph=True)
+        best_distance = torch.full_like(scores[:, 0], float("inf"))
+        best_direction = torch.zeros_like(x)
+        for k in range(1, classes.shape[1]):
+            (grad,) = torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k < last)
+            direction = grad - original_grad
+            gap = (scores[:, k] - scores[:, 0]).detach().abs()
+            distance = gap / direction.flatten(1).norm(dim=1).clamp_min(TINY)
+            closer = distance < best_distance
+            best_distance = torch.where(closer, distance, best_distance)
+            best_direction = torch.where(per_sample(closer, direction), direction, best_direction)
+        unit = best_direction / per_sample(best_direction.flatten(1).norm(dim=1).clamp_min(TINY), x)
+        return per_sample(best_distance + BOUNDARY_NUDGE, unit) * unit, fooled

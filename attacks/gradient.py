@@ -1,0 +1,275 @@
+"""The gradient family: one projected-gradient loop; FGSM, BIM, PGD, MI-FGSM and the TI variants are
+configurations of it (foolbox's gradient_descent_base shape).
+
+Defaults: eps 32/255 (the exposure-attack paper's budget for its six gradient baselines); steps and step
+sizes of FGSM, BIM and PGD from Ma et al. 2020, Sec. 4 (BIM 40 steps of eps/40, PGD 20 of eps/10);
+MI-FGSM and TI from Dong et al. 2018 / 2019 (10 steps of eps/10, decay 1, 15 x 15 kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.kernels import GaussianBlur
+from attacks.norms import TINY, norm_by_name, per_sample
+from attacks.targets import TargetMode
+
+DEFAULT_EPS = 32 / 255
+TI_KERNEL_SIZE = 15
+
+
+class GradientAttack(Attack):
+    """Iterative projected gradient ascent on ``step_loss`` (Ma et al. 2020, Eq. 4-6; Dong et al. 2018,
+    Eq. 6-7; Dong et al. 2019, Eq. 8). Each step t = 0..steps-1 does:
+
+    1. g = d step_loss(x_t) / d x_t                  (``step_loss`` is the hook subclasses override)
+    2. g = W * g                                     (Gaussian smoothing, only when ``kernel_size`` is set)
+    3. v = decay * v + g / ||g||_1                   (momentum; decay 0 keeps the plain gradient direction)
+    4. delta = project(x_t - x + alpha * normalise_step(v), eps);  x_{t+1} = clamp(x + delta, 0, 1)
+
+    ``x_0`` is the clean image, or a uniform draw from the eps-ball with ``random_start``. ``alpha``
+    None means eps / steps. ``norm`` is "linf" (sign steps, clipping) or "l2" (unit-L2 steps, radial
+    projection). ``target_mode`` (see ``attacks.targets``) makes the default loss descend towards a goal.
+    """
+
+    name = "gradient"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 10,
+        norm: str = "linf",
+        random_start: bool = False,
+        decay: float = 0.0,
+        kernel_size: int | None = None,
+        sigma: float | None = None,
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed=seed)
+        check_positive("eps", eps)
+        check_steps("steps", steps)
+        check_positive("decay", decay)
+        alpha = eps / steps if alpha is None else alpha
+        check_positive("alpha", alpha)
+        self.eps = float(eps)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
+        self.norm = norm_by_name(norm)
+        self.random_start = bool(random_start)
+        self.decay = float(decay)
+        self.smoothing = None if kernel_size is None else GaussianBlur(kernel_size, sigma)
+        self.targets = TargetMode(target_mode)
+
+    def step_loss(self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int) -> Tensor:
+        """Per-sample (B,) quantity the loop ascends at ``step``: the task loss, negated when targeted.
+
+        ``target`` is already resolved by the target mode; ``images`` are the clean images.
+        """
+        return self.targets.sign * objective.loss(objective.forward(adv), target)
+
+    def loss_gradient(
+        self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int
+    ) -> tuple[Tensor, Tensor]:
+        """Gradient of the summed ``step_loss`` w.r.t. the input only, and the per-sample loss (detached)."""
+        adv = adv.detach().requires_grad_(True)
+        loss = self.step_loss(objective, adv, images, target, step)
+        (gradient,) = torch.autograd.grad(loss.sum(), adv)
+        return gradient, loss.detach()
+
+    def advance(self, images: Tensor, adv: Tensor, update: Tensor) -> Tensor:
+        """``adv + update`` projected onto the eps-ball around ``images``, then onto [0, 1]."""
+        delta = self.norm.project(adv - images + update, self.eps)
+        return (images + delta).clamp(0.0, 1.0)
+
+    def run(
+        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+    ) -> AttackResult:
+        goal = self.targets.resolve(objective, images, target, generator)
+        delta = (
+            self.norm.random_start(images, self.eps, generator)
+            if self.random_start
+            else torch.zeros_like(images)
+        )
+        adv = (images + delta).clamp(0.0, 1.0)
+        velocity = torch.zeros_like(images)
+        recorder = TraceRecorder(images)
+        for step in range(self.steps):
+            gradient, _ = self.loss_gradient(objective, adv, images, goal, step)
+            if self.smoothing is not None:
+                gradient = self.smoothing(gradient)
+            l1 = gradient.abs().flatten(1).sum(dim=1).clamp_min(TINY)
+            velocity = self.decay * velocity + gradient / per_sample(l1, gradient)
+            adv = self.advance(images, adv, self.alpha * self.norm.normalise_step(velocity))
+            recorder.step(adv - images)
+        return AttackResult(adv, recorder.finish(adv - images))
+
+
+class FGSM(GradientAttack):
+    """Fast gradient sign method: one step of size eps (Goodfellow et al. 2015; Ma et al. 2020, Eq. 4)."""
+
+    name = "fgsm"
+
+    def __init__(
+        self, eps: float = DEFAULT_EPS, norm: str = "linf", target_mode: str = "untargeted", seed: int = 0
+    ) -> None:
+        super().__init__(eps=eps, steps=1, norm=norm, target_mode=target_mode, seed=seed)
+
+
+class BIM(GradientAttack):
+    """Basic iterative method / I-FGSM, clipped to the eps-ball (Kurakin et al. 2017; Ma et al. 2020, Eq. 5).
+
+    Ma et al. use 40 steps of eps / 40.
+    """
+
+    name = "bim"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 40,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, target_mode=target_mode, seed=seed)
+
+
+class PGD(GradientAttack):
+    """Projected gradient descent with a uniform random start (Madry et al. 2018; Ma et al. 2020, Eq. 6).
+
+    Ma et al. use 20 steps of eps / 10 (``alpha`` None).
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 20,
+        norm: str = "linf",
+        random_start: bool = True,
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            alpha=eps / 10 if alpha is None else alpha,
+            steps=steps,
+            norm=norm,
+            random_start=random_start,
+            target_mode=target_mode,
+            seed=seed,
+        )
+
+
+class MIFGSM(GradientAttack):
+    """Momentum iterative FGSM: v = decay * v + g / ||g||_1, steps along sign(v) (Dong et al. 2018,
+    Eq. 6-7); 10 steps of eps / 10 with decay 1 as in the paper."""
+
+    name = "mi_fgsm"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 10,
+        decay: float = 1.0,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay, target_mode=target_mode, seed=seed
+        )
+
+
+class TIFGSM(GradientAttack):
+    """Translation-invariant FGSM: one eps step along sign(W * g), W a centred Gaussian kernel
+    (Dong et al. 2019, Eq. 8)."""
+
+    name = "ti_fgsm"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        kernel_size: int = TI_KERNEL_SIZE,
+        sigma: float | None = None,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            steps=1,
+            norm=norm,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            target_mode=target_mode,
+            seed=seed,
+        )
+
+
+class TIBIM(GradientAttack):
+    """Translation-invariant BIM (TI-IFGSM): BIM on the smoothed gradient W * g (Dong et al. 2019, Eq. 8)."""
+
+    name = "ti_bim"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 10,
+        kernel_size: int = TI_KERNEL_SIZE,
+        sigma: float | None = None,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            norm=norm,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            target_mode=target_mode,
+            seed=seed,
+        )
+
+
+class TIMIFGSM(GradientAttack):
+    """Translation-invariant MI-FGSM: momentum over the smoothed gradient W * g (Dong et al. 2019, Eq. 8)."""
+
+    name = "ti_mi_fgsm"
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int = 10,
+        decay: float = 1.0,
+        kernel_size: int = TI_KERNEL_SIZE,
+        sigma: float | None = None,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            norm=norm,
+            decay=decay,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            target_mode=target_mode,
+            seed=seed,
+        )

@@ -1,0 +1,145 @@
+"""Square Attack (Andriushchenko et al. 2020): score-based random search with square-shaped updates, Linf."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive
+from attacks.blackbox import class_logits, goal_queries, succeeded
+from attacks.targets import TargetMode
+
+# iterations (out of 10000) after which the square's area fraction p halves (the paper's schedule)
+HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# draws of the per-channel signs before giving up on a square that would leave its window unchanged
+SIGN_DRAWS = 10
+
+
+def p_schedule(p_init: float, iteration: int, total: int) -> float:
+    """Fraction of pixels the square covers at ``iteration`` of ``total``, rescaled to 10000 iterations."""
+    scaled = int(iteration / total * 10000)
+    return p_init / 2 ** sum(scaled > halving for halving in HALVINGS)
+
+
+def square_side(p: float, height: int, width: int) -> int:
+    """Side of a square covering about ``p`` of the image, at least 1 and smaller than the image."""
+    return max(1, min(int(round(math.sqrt(p * height * width))), min(height, width) - 1))
+
+
+def margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """Margin loss z_y - max_{k != y} z_k per sample; negative once the prediction is not y."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return true - other
+
+
+def random_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Uniform +-1 entries."""
+    return torch.randint(0, 2, shape, generator=generator, device=device).float() * 2 - 1
+
+
+class SquareAttack(Attack):
+    """Square Attack, Linf (Andriushchenko et al. 2020, Alg. 1 with the Linf proposal distribution, Alg. 2).
+
+    Vertical-stripe initialisation, then squares of side sqrt(p h w) (p halving on the paper's schedule)
+    reset to x + eps * (+-1 per channel); a proposal is kept when it lowers the sample's loss: the margin
+    loss (untargeted) or the cross entropy to the goal class (targeted ``target_mode``, as in the paper).
+    A sample stops once fooled. Proposals (square position, signs) are shared by the batch and accepted
+    per sample, so a sample's result does not depend on its batch. ``max_queries`` bounds the model
+    queries per sample, the clean check included.
+    """
+
+    name = "square"
+
+    def __init__(
+        self,
+        eps: float,
+        max_queries: int = 10000,
+        p_init: float = 0.05,
+        target_mode: str = "untargeted",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        check_positive("eps", eps)
+        if int(max_queries) != max_queries or max_queries < 2:
+            raise ValueError(f"max_queries must be an integer >= 2 (clean check, start), got {max_queries!r}")
+        if not 0 < p_init <= 1:
+            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        self.eps = eps
+        self.max_queries = int(max_queries)
+        self.p_init = p_init
+        self.targets = TargetMode(target_mode)
+
+    def _loss(self, logits: Tensor, goal: Tensor) -> Tensor:
+        if self.targets.targeted:
+            return F.cross_entropy(logits, goal, reduction="none")
+        return margin(logits, goal)
+
+    def run(
+        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+    ) -> AttackResult:
+        batch, channels, height, width = images.shape
+        recorder = TraceRecorder(images)
+        goal = self.targets.resolve(objective, images, target, generator)
+        done = succeeded(class_logits(objective, images), goal, self.targets.targeted)
+        recorder.add_queries(1 + goal_queries(self.targets))
+        best = images.clone()
+        loss = torch.full((batch,), float("inf"), dtype=images.dtype, device=images.device)
+        stripes = self.eps * random_signs((1, channels, 1, width), generator, images.device)
+        start = (images + stripes).clamp(0, 1)
+        self._accept(objective, images, start, goal, best, loss, done, recorder)
+        for iteration in range(self.max_queries - 2):
+            if done.all():
+                break
+            side = square_side(p_schedule(self.p_init, iteration, self.max_queries), height, width)
+            candidates = self._propose(images, best, side, generator)
+            self._accept(objective, images, candidates, goal, best, loss, done, recorder)
+        extras = {"goal": goal} if self.targets.targeted else {}
+        return AttackResult(best, recorder.finish(best - images), extras)
+
+    def _propose(self, images: Tensor, best: Tensor, side: int, generator: torch.Generator) -> Tensor:
+        """``best`` with one square window reset to clean + eps * s, s the first drawn sign pattern that
+        changes the window (the paper's resampling loop, at most SIGN_DRAWS draws)."""
+        height, width = images.shape[2:]
+        device = images.device
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator, device=device))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator, device=device))
+        signs = self.eps * random_signs((SIGN_DRAWS, images.shape[1]), generator, device)
+        window = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
+        proposals = (images[window][:, None] + signs[None, :, :, None, None]).clamp(0, 1)
+        changed = ((proposals - best[window][:, None]).abs() > 1e-7).flatten(2).any(dim=2)
+        first_change = changed.int().argmax(dim=1)
+        candidates = best.clone()
+        candidates[window] = proposals[torch.arange(len(images), device=device), first_change]
+        return candidates
+
+    def _accept(
+        self,
+        objective: Objective,
+        images: Tensor,
+        candidates: Tensor,
+        goal: Tensor,
+        best: Tensor,
+        loss: Tensor,
+        done: Tensor,
+        recorder: TraceRecorder,
+    ) -> None:
+        """Query the candidates of the samples not done and keep those that lower the loss, updating
+        ``best``, ``loss`` and ``done`` in place."""
+        active = ~done
+        if not active.any():
+            return
+        index = active.nonzero().squeeze(1)
+        logits = class_logits(objective, candidates[index])
+        new_loss = self._loss(logits, goal[index])
+        improved = new_loss < loss[index]
+        chosen = index[improved]
+        best[chosen] = candidates[chosen]
+        loss[chosen] = new_loss[improved]
+        done[chosen] = succeeded(logits[improved], goal[chosen], self.targets.targeted)
+        recorder.add_queries(active.long())
+        recorder.step(best - images, active)

@@ -1,0 +1,300 @@
+"""Attack throughput: our attacks against torchattacks and ART on one model, in one run.
+
+Measures the floor (one forward + input-backward), then PGD-10, FGSM, MI-FGSM, CW-L2 and DeepFool from
+``attacks`` and, when installed (the optional ``peers`` extra), the same attacks from torchattacks and
+ART. Implementations of one attack are timed round-robin (warm-up first, then the median of repeats), so
+a load change on a shared machine hits all of them alike. Run: ``python -m benchmarks.attack_throughput``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attacks.base import Attack, AttackResult, input_gradient
+from attacks.cw import CWL2
+from attacks.deepfool import DeepFool
+from attacks.gradient import FGSM, MIFGSM, PGD
+from lightning_modules.objectives import ClassificationObjective
+
+PEERS = ("torchattacks", "art")
+PGD_TARGET = 1.05  # ours PGD-10 at most this many times 10 forward+backward passes
+TORCHATTACKS_TARGET = 1.0  # ours at least as fast as torchattacks
+ART_TARGET = 1 / 1.5  # ours at least 1.5 times as fast as ART
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One attack configuration, shared by every library that implements it."""
+
+    name: str
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+    decay: float = 1.0
+    const: float = 1.0
+    lr: float = 0.01
+    overshoot: float = 0.02
+    candidates: int = 10
+
+
+SETTINGS = {
+    "pgd10": Setting("pgd10"),
+    "fgsm": Setting("fgsm", steps=1),
+    "mi_fgsm": Setting("mi_fgsm"),
+    "cw_l2": Setting("cw_l2", steps=50),
+    "deepfool": Setting("deepfool", steps=50),
+}
+
+Run = Callable[[Tensor, Tensor], Tensor]
+
+
+def our_attack(setting: Setting) -> Attack:
+    """Our attack for ``setting``; CW-L2 with one search step at c = 1, as torchattacks' CW does."""
+    builders: dict[str, Callable[[], Attack]] = {
+        "pgd10": lambda: PGD(eps=setting.eps, alpha=setting.alpha, steps=setting.steps),
+        "fgsm": lambda: FGSM(eps=setting.eps),
+        "mi_fgsm": lambda: MIFGSM(
+            eps=setting.eps, alpha=setting.alpha, steps=setting.steps, decay=setting.decay
+        ),
+        "cw_l2": lambda: CWL2(
+            initial_const=setting.const, binary_search_steps=1, steps=setting.steps, lr=setting.lr
+        ),
+        "deepfool": lambda: DeepFool(
+            steps=setting.steps, overshoot=setting.overshoot, candidates=setting.candidates
+        ),
+    }
+    return builders[setting.name]()
+
+
+def torchattacks_runs(model: nn.Module) -> dict[str, Run]:
+    """torchattacks' versions of the shared settings (imported lazily; absent peers are skipped)."""
+    import torchattacks
+
+    s = SETTINGS
+    attacks = {
+        "pgd10": torchattacks.PGD(model, eps=s["pgd10"].eps, alpha=s["pgd10"].alpha, steps=s["pgd10"].steps),
+        "fgsm": torchattacks.FGSM(model, eps=s["fgsm"].eps),
+        "mi_fgsm": torchattacks.MIFGSM(
+            model,
+            eps=s["mi_fgsm"].eps,
+            alpha=s["mi_fgsm"].alpha,
+            steps=s["mi_fgsm"].steps,
+            decay=s["mi_fgsm"].decay,
+        ),
+        "cw_l2": torchattacks.CW(
+            model, c=s["cw_l2"].const, kappa=0, steps=s["cw_l2"].steps, lr=s["cw_l2"].lr
+        ),
+        "deepfool": torchattacks.DeepFool(
+            model, steps=s["deepfool"].steps, overshoot=s["deepfool"].overshoot
+        ),
+    }
+    return {name: attack.__call__ for name, attack in attacks.items()}
+
+
+def art_runs(model: nn.Module, images: Tensor, classes: int) -> dict[str, Run]:
+    """ART's versions of the shared settings, on numpy arrays (conversions are part of the cost)."""
+    import numpy as np
+    from art.attacks import evasion
+    from art.estimators.classification import PyTorchClassifier
+
+    estimator = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(images.shape[1:]),
+        nb_classes=classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if images.is_cuda else "cpu",
+    )
+    batch, s = len(images), SETTINGS
+    attacks = {
+        "pgd10": evasion.ProjectedGradientDescentPyTorch(
+            estimator,
+            norm=np.inf,
+            eps=s["pgd10"].eps,
+            eps_step=s["pgd10"].alpha,
+            max_iter=s["pgd10"].steps,
+            num_random_init=1,
+            batch_size=batch,
+            verbose=False,
+        ),
+        "fgsm": evasion.FastGradientMethod(estimator, eps=s["fgsm"].eps, batch_size=batch),
+        "mi_fgsm": evasion.MomentumIterativeMethod(
+            estimator,
+            eps=s["mi_fgsm"].eps,
+            eps_step=s["mi_fgsm"].alpha,
+            decay=s["mi_fgsm"].decay,
+            max_iter=s["mi_fgsm"].steps,
+            batch_size=batch,
+            verbose=False,
+        ),
+        "cw_l2": evasion.CarliniL2Method(
+            estimator,
+            learning_rate=s["cw_l2"].lr,
+            binary_search_steps=1,
+            max_iter=s["cw_l2"].steps,
+            initial_const=s["cw_l2"].const,
+            batch_size=batch,
+            verbose=False,
+        ),
+        "deepfool": evasion.DeepFool(
+            estimator,
+            max_iter=s["deepfool"].steps,
+            epsilon=s["deepfool"].overshoot,
+            nb_grads=s["deepfool"].candidates,
+            batch_size=batch,
+            verbose=False,
+        ),
+    }
+
+    def numpy_run(attack: object) -> Run:
+        def run(x: Tensor, y: Tensor) -> Tensor:
+            return torch.from_numpy(attack.generate(x.cpu().numpy(), y=y.cpu().numpy())).to(x.device)
+
+        return run
+
+    return {name: numpy_run(attack) for name, attack in attacks.items()}
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(
+    runs: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds per implementation, timed in turn so shared-machine load hits all alike, and each
+    implementation's last output."""
+    outputs = {name: run() for name, run in runs.items() for _ in range(warmup)}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronise(device)
+            start = time.perf_counter()
+            outputs[name] = run()
+            synchronise(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}, outputs
+
+
+def fooled(model: nn.Module, output: AttackResult | Tensor, labels: Tensor) -> float:
+    adv = output.adv_images if isinstance(output, AttackResult) else output
+    with torch.no_grad():
+        return (model(adv).argmax(dim=1) != labels).float().mean().item()
+
+
+def gradient_evaluations(setting: Setting, result: AttackResult, classes: int) -> int:
+    """Input-gradient evaluations our attack made: steps for PGD/FGSM/MI, Adam steps run for CW-L2, and
+    iterations x candidate classes for DeepFool (one forward, then one backward per class)."""
+    if setting.name in ("pgd10", "fgsm", "mi_fgsm"):
+        return setting.steps
+    iterations = int(result.trace.iterations.max())
+    return iterations * min(setting.candidates, classes) if setting.name == "deepfool" else iterations
+
+
+def available_peers(requested: Sequence[str]) -> list[str]:
+    modules = {"torchattacks": "torchattacks", "art": "art"}
+    found = [peer for peer in requested if importlib.util.find_spec(modules[peer]) is not None]
+    for peer in sorted(set(requested) - set(found)):
+        print(f"peer {peer} is not installed: skipped (pip install medadvbench[peers])")
+    return found
+
+
+def verdict(ratio: float | None, target: float) -> str:
+    return "-" if ratio is None else ("pass" if ratio <= target else "FAIL")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet18", help="timm model name (pretrained=False)")
+    parser.add_argument("--num-classes", type=int, default=5, help="classes (5: DR grading)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64, help="image side")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--attacks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("num_classes", "batch", "size", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Run the benchmark, print the table and return {attack: {implementation: median seconds}}."""
+    import timm
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = timm.create_model(args.arch, pretrained=False, num_classes=args.num_classes).to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    objective = ClassificationObjective(model)
+    images = torch.rand(
+        args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed)
+    )
+    images = images.to(device)
+    with torch.no_grad():
+        labels = model(images).argmax(dim=1)
+    peers = available_peers(args.peers)
+    print(
+        f"{args.arch} (pretrained=False, {args.num_classes} classes, eval), batch {args.batch} x 3 x "
+        f"{args.size} x {args.size}, {device}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} after {args.warmup} warm-up"
+    )
+    gradient = {"forward+backward": lambda: input_gradient(objective, images, labels)}
+    floor = time_round_robin(gradient, args.warmup, args.repeats, device)[0]["forward+backward"]
+    print(f"one forward + input-backward: {floor:.4f} s ({args.batch / floor:.1f} images/s)\n")
+    peer_runs = {}
+    if "torchattacks" in peers:
+        peer_runs["torchattacks"] = torchattacks_runs(model)
+    if "art" in peers:
+        peer_runs["art"] = art_runs(model, images, args.num_classes)
+    header = f"{'attack':<9} {'T':>4} {'impl':<13} {'seconds':>8} {'img/s':>8} {'fooled':>6}  ratio (target)"
+    print(header + "\n" + "-" * len(header))
+    results: dict[str, dict[str, float]] = {}
+    for name in args.attacks:
+        setting = SETTINGS[name]
+        attack = our_attack(setting)
+        runs: dict[str, Callable[[], object]] = {
+            "ours": lambda attack=attack: attack(objective, images, labels)
+        }
+        runs |= {peer: lambda run=peer_runs[peer][name]: run(images, labels) for peer in peer_runs}
+        medians, outputs = time_round_robin(runs, args.warmup, args.repeats, device)
+        results[name] = medians
+        steps = gradient_evaluations(setting, outputs["ours"], args.num_classes)
+        for impl, seconds in medians.items():
+            if impl == "ours":
+                ratio, target = seconds / (steps * floor), PGD_TARGET if name == "pgd10" else None
+                note = f"ours / (T x fwd+bwd) = {ratio:.3f}" + (
+                    f" (<= {target}: {verdict(ratio, target)})" if target else ""
+                )
+            else:
+                ratio = medians["ours"] / seconds
+                target = TORCHATTACKS_TARGET if impl == "torchattacks" else ART_TARGET
+                note = f"ours / {impl} = {ratio:.3f} (<= {target:.3f}: {verdict(ratio, target)})"
+            fooled_rate = fooled(model, outputs[impl], labels)
+            print(
+                f"{name:<9} {steps:>4} {impl:<13} {seconds:>8.3f} {args.batch / seconds:>8.1f} "
+                f"{fooled_rate:>6.2f}  {note}"
+            )
+    return results
+
+
+if __name__ == "__main__":
+    main()

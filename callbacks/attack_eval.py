@@ -1,0 +1,223 @@
+"""AdversarialEvaluation: runs every configured attack at every budget on each test batch inside
+``trainer.test`` and logs clean and adversarial task metrics, perturbation statistics, image quality
+and cost under ``clean/{metric}`` and ``adv/{attack}/{budget}/{metric}``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from attacks.base import Attack, AttackResult
+from callbacks.examples import Example, examples_of
+from callbacks.metrics import PerturbationStatistics
+from callbacks.quality import AdversarialImageQuality, BRISQUEScore
+from callbacks.task_scores import TaskScores, task_scores
+from callbacks.wandb_logging import log_examples, log_run_config, wandb_loggers
+
+AttackFactory = Callable[[float | None], Attack]
+
+
+def budget_label(budget: float | None) -> str:
+    """``8_255`` for multiples of 1/255 (one grey level), else the compact decimal; ``min`` for
+    minimal-perturbation attacks (no budget). Used in metric names."""
+    if budget is None:
+        return "min"
+    levels = budget * 255
+    if abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}_255"
+    return f"{budget:g}"
+
+
+def metric_slot(key: str) -> str:
+    """A metric name as a ModuleDict key (no dots allowed there)."""
+    return key.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of an evaluation: its name in metric names, a budget -> Attack factory, its budgets."""
+
+    name: str
+    build: AttackFactory
+    budgets: tuple[float | None, ...]
+
+    @classmethod
+    def from_registry(cls, name: str, budgets: Sequence[float | None] = (None,), **settings: Any) -> AttackSpec:
+        """A spec of a registered attack (``attacks.registry``), e.g. from a YAML config."""
+        from attacks.registry import build_attack
+
+        return cls(name, lambda budget: build_attack(name, budget, **settings), tuple(budgets))
+
+    def instances(self) -> Iterator[tuple[str, Attack]]:
+        """(``{name}/{budget}`` key, configured attack) for each budget."""
+        for budget in self.budgets:
+            yield f"{self.name}/{budget_label(budget)}", self.build(budget)
+
+
+def attack_specs(
+    attacks: Mapping[str, AttackFactory | tuple[AttackFactory, Sequence[float]]] | Sequence[AttackSpec],
+    epsilons: Sequence[float] | None,
+) -> list[AttackSpec]:
+    """Normalise the callback's ``attacks`` argument: specs as given, or a name -> factory mapping whose
+    values are a factory (run at ``epsilons``) or a (factory, budgets) pair."""
+    if not isinstance(attacks, Mapping):
+        return list(attacks)
+    specs = []
+    for name, value in attacks.items():
+        factory, budgets = value if isinstance(value, tuple) else (value, epsilons)
+        if not budgets:
+            raise ValueError(f"attacks[{name!r}]: no budgets; pass epsilons= or a (factory, budgets) pair")
+        specs.append(AttackSpec(name, factory, tuple(None if b is None else float(b) for b in budgets)))
+    if not specs:
+        raise ValueError("attacks must name at least one attack")
+    return specs
+
+
+def detached_batch(batch: Mapping[str, Any]) -> tuple[Tensor, Any]:
+    """Images and target as ordinary tensors (clones), usable by autograd even if made in inference mode."""
+    def clone(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.clone()
+        if isinstance(value, dict):
+            return {k: clone(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clone(v) for v in value]
+        return value
+
+    return clone(batch["image"]), clone(batch["target"])
+
+
+class AdversarialEvaluation(pl.Callback):
+    """Clean vs adversarial evaluation of a task LightningModule during ``trainer.test``.
+
+    ``attacks`` maps names to budget -> Attack factories (e.g. ``{"pgd": lambda e: PGD(eps=e)}``)
+    run at every budget in ``epsilons``, or to (factory, budgets) pairs. Works under Lightning's default
+    ``inference_mode=True`` and leaves the module's mode and gradient flags as it found them. Under DDP the
+    metrics are torchmetrics sum states, so N processes give the numbers of one (given a test sampler
+    that does not pad, as the project's datamodules provide). With a WandbLogger it also logs the attack
+    settings into the run config and a table of ``examples`` triplets per attack from the first batch.
+    """
+
+    def __init__(
+        self,
+        attacks: Mapping[str, AttackFactory | tuple[AttackFactory, Sequence[float]]] | Sequence[AttackSpec],
+        epsilons: Sequence[float] | None = None,
+        max_batches: int | None = None,
+        examples: int = 4,
+        brisque: bool = True,
+    ) -> None:
+        super().__init__()
+        self.specs = attack_specs(attacks, epsilons)
+        self.attacks: dict[str, Attack] = dict(
+            instance for spec in self.specs for instance in spec.instances()
+        )
+        self.max_batches = max_batches
+        self.examples = examples
+        self.with_brisque = brisque
+        self.example_rows: list[Example] = []
+        self.results: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "test":
+            return
+        self.scores = nn.ModuleDict(
+            {"clean": task_scores(pl_module)}
+            | {metric_slot(key): task_scores(pl_module) for key in self.attacks}
+        ).to(pl_module.device)
+        self.perturbation = nn.ModuleDict(
+            {metric_slot(key): PerturbationStatistics() for key in self.attacks}
+        ).to(pl_module.device)
+        self.quality = nn.ModuleDict(
+            {metric_slot(key): AdversarialImageQuality(self.with_brisque) for key in self.attacks}
+        ).to(pl_module.device)
+        self.clean_brisque = BRISQUEScore().to(pl_module.device) if self.with_brisque else None
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit data-dependent attacks (universal perturbations) on the training split first."""
+        fittable = [attack for attack in self.attacks.values() if hasattr(attack, "fit")]
+        if not fittable:
+            return
+        if trainer.datamodule is None:
+            raise ValueError("universal attacks need trainer.test(..., datamodule=...) to fit on its train split")
+        with torch.inference_mode(False), torch.enable_grad():
+            for attack in fittable:
+                attack.fit(pl_module.objective(), trainer.datamodule.train_dataloader())
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return
+        with torch.inference_mode(False), torch.enable_grad():
+            images, target = detached_batch(batch)
+            objective = pl_module.objective()
+            with torch.no_grad():
+                clean_outputs = objective.forward(images)
+            clean: TaskScores = self.scores["clean"]
+            clean.update_scores(objective, clean_outputs, target)
+            if self.clean_brisque is not None:
+                self.clean_brisque.update(images)
+            for key, attack in self.attacks.items():
+                start = time.perf_counter()
+                result: AttackResult = attack(objective, images, target)
+                seconds = time.perf_counter() - start
+                with torch.no_grad():
+                    adv_outputs = objective.forward(result.adv_images)
+                slot = metric_slot(key)
+                scores: TaskScores = self.scores[slot]
+                scores.update_scores(objective, adv_outputs, target)
+                scores.update_success(objective, clean_outputs, adv_outputs, target, result.extras.get("goal"))
+                self.perturbation[slot].update(result.perturbation(images), result.trace, seconds)
+                self.quality[slot].update(result.adv_images, images)
+                if batch_idx == 0 and trainer.is_global_zero:
+                    self.example_rows += examples_of(
+                        key, batch["id"], images, result.adv_images, target,
+                        objective.predict(clean_outputs), objective.predict(adv_outputs), self.examples,
+                    )
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clean_values = self.scores["clean"].compute_scores()
+        if self.clean_brisque is not None:
+            clean_values["brisque"] = self.clean_brisque.compute()
+        self.results = {f"clean/{name}": float(value) for name, value in clean_values.items()}
+        for key in self.attacks:
+            slot = metric_slot(key)
+            values = self.scores[slot].compute_scores()
+            values |= self.scores[slot].drops(clean_values, values)
+            values |= self.perturbation[slot].compute()
+            values |= self.quality[slot].compute()
+            self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
+        for name, value in self.results.items():
+            pl_module.log(name, value, rank_zero_only=True)
+        for metrics in (*self.scores.values(), *self.perturbation.values(), *self.quality.values()):
+            metrics.reset()
+        if self.clean_brisque is not None:
+            self.clean_brisque.reset()
+        if trainer.is_global_zero:
+            for logger in wandb_loggers(trainer.loggers):
+                log_run_config(logger, {"attacks": self.settings()})
+                log_examples(logger, self.example_rows)
+        self.example_rows = []
+
+    def settings(self) -> dict[str, Any]:
+        """Each attack's name, class and constructor settings per budget, for run configs."""
+        return {
+            key: {"class": type(attack).__name__, **{k: v for k, v in vars(attack).items() if _plain(v)}}
+            for key, attack in self.attacks.items()
+        }
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str)) or value is None

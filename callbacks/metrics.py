@@ -1,0 +1,139 @@
+"""Torchmetrics objects for adversarial evaluation: task scores of clean or adversarial predictions,
+attack success, perturbation statistics (SMIA's Var and Cos) and cost. Sum states only, so the DDP
+reduction is exact whatever the number of samples per rank."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAUROC
+
+from attacks.base import AttackTrace
+
+
+def _sum_state(metric: Metric, *names: str) -> None:
+    for name in names:
+        metric.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    return (numerator / denominator).float() if denominator > 0 else torch.tensor(float("nan"))
+
+
+class ClassificationScores(Metric):
+    """Accuracy, AUC (one-vs-rest macro) and false-positive rate (grade/class 0 called positive,
+    the Kaggle-DR column of SMIA Table 6) of one set of predictions."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        _sum_state(self, "correct", "total", "negatives", "false_positives")
+        self.auroc = MulticlassAUROC(num_classes=max(num_classes, 2), average="macro")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        predicted = logits.argmax(dim=1)
+        self.correct += (predicted == target).sum()
+        self.total += target.numel()
+        negative = target == 0
+        self.negatives += negative.sum()
+        self.false_positives += (negative & (predicted != 0)).sum()
+        self.auroc.update(logits.float().softmax(dim=1), target)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "accuracy": _ratio(self.correct, self.total),
+            "auc": self.auroc.compute().float(),
+            "fpr": _ratio(self.false_positives, self.negatives),
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self.auroc.reset()
+
+
+class AttackSuccess(Metric):
+    """Success rate among samples classified correctly when clean (untargeted), and the fraction of
+    samples predicted as their attack target (targeted)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        _sum_state(self, "clean_correct", "fooled", "targeted_total", "targeted_hits")
+
+    def update(self, clean_pred: Tensor, adv_pred: Tensor, target: Tensor, attack_target: Tensor | None) -> None:
+        correct = clean_pred == target
+        self.clean_correct += correct.sum()
+        self.fooled += (correct & (adv_pred != target)).sum()
+        if attack_target is not None:
+            self.targeted_total += attack_target.numel()
+            self.targeted_hits += (adv_pred == attack_target).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        scores = {"success_rate": _ratio(self.fooled, self.clean_correct)}
+        if self.targeted_total > 0:
+            scores["targeted_success_rate"] = _ratio(self.targeted_hits, self.targeted_total)
+        return scores
+
+
+class SegmentationScores(Metric):
+    """Jaccard (IoU), Dice and pixel accuracy of the foreground class, pooled over all pixels."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        _sum_state(self, "tp", "fp", "fn", "tn")
+
+    def update(self, predicted: Tensor, target: Tensor) -> None:
+        predicted, target = predicted.bool(), target.bool()
+        self.tp += (predicted & target).sum()
+        self.fp += (predicted & ~target).sum()
+        self.fn += (~predicted & target).sum()
+        self.tn += (~predicted & ~target).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "jaccard": _ratio(self.tp, self.tp + self.fp + self.fn),
+            "dice": _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn),
+            "pixel_accuracy": _ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn),
+        }
+
+
+class PerturbationStatistics(Metric):
+    """Mean Linf and L2 norms, SMIA's Var (perturbation variance) and Cos (share of positive cosines
+    between consecutive updates, and their mean), and attack seconds per image."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        _sum_state(self, "images", "linf", "l2", "variance", "cosines", "positive_cosines", "cosine_sum",
+                   "seconds", "queries")
+
+    def update(self, perturbation: Tensor, trace: AttackTrace, seconds: float) -> None:
+        flat = perturbation.flatten(1).double()
+        self.images += flat.shape[0]
+        self.linf += flat.abs().amax(dim=1).sum()
+        self.l2 += flat.norm(dim=1).sum()
+        self.variance += trace.variance.double().sum()
+        cosines = trace.update_cosine.double()
+        self.cosines += cosines.numel()
+        self.positive_cosines += (cosines > 0).sum()
+        self.cosine_sum += cosines.sum()
+        self.seconds += seconds
+        self.queries += trace.queries.double().sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "linf": _ratio(self.linf, self.images),
+            "l2": _ratio(self.l2, self.images),
+            "var": _ratio(self.variance, self.images),
+            "cos_positive": _ratio(self.positive_cosines, self.cosines),
+            "cos_mean": _ratio(self.cosine_sum, self.cosines),
+            "seconds_per_image": _ratio(self.seconds, self.images),
+            "queries": _ratio(self.queries, self.images),
+        }

@@ -1,0 +1,105 @@
+"""Per-task score sets of one prediction stream (clean, or one attack at one budget): classification
+accuracy/AUC/FPR and attack success, segmentation Jaccard/Dice/pixel accuracy, detection mAP/mIoU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor, nn
+from torchmetrics.detection import MeanAveragePrecision
+
+from callbacks.metrics import AttackSuccess, ClassificationScores, SegmentationScores
+from lightning_modules.metrics import MatchedBoxIoU
+
+
+class TaskScores(nn.Module):
+    """Scores of one prediction stream; ``drops`` names the headline metrics whose fall is reported."""
+
+    headline: tuple[str, ...] = ()
+
+    def update_scores(self, objective: Any, outputs: Any, target: Any) -> None:
+        raise NotImplementedError
+
+    def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Any, goal: Any) -> None:
+        """Attack success bookkeeping; only tasks with a per-sample notion of success override it."""
+
+    def compute_scores(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def drops(self, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Clean minus adversarial value of each headline metric, as ``{metric}_drop``."""
+        return {f"{name}_drop": clean[name] - adversarial[name] for name in self.headline}
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+
+class ClassificationTaskScores(TaskScores):
+    headline = ("accuracy", "auc")
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.scores = ClassificationScores(num_classes)
+        self.success = AttackSuccess()
+
+    def update_scores(self, objective: Any, outputs: Any, target: Tensor) -> None:
+        self.scores.update(objective.logits(outputs), target)
+
+    def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Tensor, goal: Any) -> None:
+        self.success.update(objective.predict(clean), objective.predict(adversarial), target, goal)
+
+    def compute_scores(self) -> dict[str, Tensor]:
+        scores = self.scores.compute()
+        if self.success.clean_correct > 0:
+            scores |= self.success.compute()
+        return scores
+
+
+class SegmentationTaskScores(TaskScores):
+    headline = ("jaccard", "dice")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores = SegmentationScores()
+
+    def update_scores(self, objective: Any, outputs: Any, target: Tensor) -> None:
+        self.scores.update(objective.predict(outputs) > 0, target > 0)
+
+    def compute_scores(self) -> dict[str, Tensor]:
+        return self.scores.compute()
+
+
+class DetectionTaskScores(TaskScores):
+    headline = ("map", "map_50")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.average_precision = MeanAveragePrecision(iou_type="bbox")
+        self.matched_iou = MatchedBoxIoU()
+
+    def update_scores(self, objective: Any, outputs: Any, target: list[dict[str, Tensor]]) -> None:
+        predictions = objective.predict(outputs)
+        self.average_precision.update(predictions, target)
+        self.matched_iou.update(predictions, target)
+
+    def compute_scores(self) -> dict[str, Tensor]:
+        average_precision = self.average_precision.compute()
+        return {
+            "map": average_precision["map"],
+            "map_50": average_precision["map_50"],
+            "mean_iou": self.matched_iou.compute(),
+        }
+
+
+def task_scores(module: pl.LightningModule) -> TaskScores:
+    """The score set for the module's task (``module.task``)."""
+    task = getattr(module, "task", None)
+    if task == "classification":
+        return ClassificationTaskScores(module.hparams.num_classes)
+    if task == "segmentation":
+        return SegmentationTaskScores()
+    if task == "detection":
+        return DetectionTaskScores()
+    raise ValueError(f"{type(module).__name__}.task must be classification, segmentation or detection, got {task!r}")

@@ -1,0 +1,89 @@
+"""W&B side of the evaluation: a WandbLogger whose group / job_type / tags / config make runs of one
+benchmark comparable side by side, offline unless an API key is configured, and the examples table."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+from callbacks.examples import Example
+
+EXAMPLE_COLUMNS = [
+    "id", "attack", "clean", "perturbation (amplified)", "adversarial", "label", "clean prediction",
+    "adversarial prediction",
+]
+
+
+def has_api_key() -> bool:
+    """True when W&B can authenticate: WANDB_API_KEY set or a key in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def run_metadata(module: Any, datamodule: Any, attack_names: Sequence[str]) -> dict[str, Any]:
+    """group = dataset, job_type = attacks, tags = model and task: the keys W&B dashboards group by."""
+    hparams = dict(getattr(module, "hparams", {}))
+    model = hparams.get("model_name") or hparams.get("encoder_name") or hparams.get("backbone") or type(module).__name__
+    dataset = getattr(datamodule, "name", None) or type(datamodule).__name__
+    task = getattr(module, "task", "unknown")
+    return {
+        "group": str(dataset),
+        "job_type": "+".join(attack_names) or "clean",
+        "tags": [str(model), str(task)],
+        "config": {"model": hparams | {"class": type(module).__name__}, "dataset": str(dataset), "task": task},
+    }
+
+
+def make_wandb_logger(
+    module: Any,
+    datamodule: Any,
+    attack_names: Sequence[str],
+    project: str = "medadvbench",
+    save_dir: str | Path = ".",
+    offline: bool | None = None,
+    **kwargs: Any,
+) -> WandbLogger:
+    """A WandbLogger for one evaluation run; offline (sync later with ``wandb sync``) without an API key."""
+    metadata = run_metadata(module, datamodule, attack_names)
+    return WandbLogger(
+        project=project,
+        save_dir=str(save_dir),
+        offline=not has_api_key() if offline is None else offline,
+        group=metadata["group"],
+        job_type=metadata["job_type"],
+        tags=metadata["tags"],
+        config=metadata["config"],
+        **kwargs,
+    )
+
+
+def wandb_loggers(loggers: Iterable[Any]) -> list[WandbLogger]:
+    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def log_examples(logger: WandbLogger, examples: Sequence[Example], key: str = "examples") -> None:
+    """Log example triplets as a ``wandb.Table`` of images and texts."""
+    import wandb
+
+    table = wandb.Table(columns=EXAMPLE_COLUMNS)
+    for row in examples:
+        table.add_data(
+            row.sample_id,
+            row.attack,
+            *(wandb.Image(image.permute(1, 2, 0).numpy()) for image in (row.clean, row.perturbation, row.adversarial)),
+            row.label,
+            row.clean_prediction,
+            row.adversarial_prediction,
+        )
+    logger.experiment.log({key: table})
+
+
+def log_run_config(logger: WandbLogger, config: Mapping[str, Any]) -> None:
+    """Add the evaluation's settings (attacks, budgets) to the run config."""
+    logger.experiment.config.update(dict(config), allow_val_change=True)

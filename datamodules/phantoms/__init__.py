@@ -1,0 +1,1 @@
+"""Procedural image generators (fundus, lung CT, endoscopy) with exact ground truth."""

@@ -1,0 +1,110 @@
+"""Faster R-CNN detector LightningModule (torchvision, no pretrained weights) with its attack objective."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.models.detection import (
+    FasterRCNN,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+)
+
+from lightning_modules.detection_objective import DetectionObjective
+from lightning_modules.metrics import MatchedBoxIoU
+from lightning_modules.normalization import channel_statistics
+from lightning_modules.task_module import TaskModule
+
+DETECTORS: dict[str, Callable[..., FasterRCNN]] = {
+    "mobilenet_v3": fasterrcnn_mobilenet_v3_large_fpn,
+    "resnet50": fasterrcnn_resnet50_fpn,
+}
+EVALUATION_STAGES = ("val", "test")
+LOGGED_SCORES = ("map", "map_50", "mean_iou")
+
+
+class DetectorModule(TaskModule):
+    """torchvision Faster R-CNN (``DETECTORS``) for labels 1..num_classes on [0, 1] RGB images.
+
+    Images are resized to ``min_size``/``max_size`` and normalised inside the network. Training uses
+    torchvision's own losses; validation and test run the attack objective (``val_loss``/``test_loss``
+    is its deterministic loss) and log mAP, mAP@0.5 and the mean IoU of matched boxes.
+    ``proposals_per_image`` is the RPN's eval-mode proposal count, the P of the objective.
+    """
+
+    task = "detection"
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3",
+        num_classes: int = 7,
+        min_size: int = 128,
+        max_size: int = 128,
+        proposals_per_image: int = 100,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone not in DETECTORS:
+            raise ValueError(f"backbone must be one of {sorted(DETECTORS)}, got {backbone!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        if proposals_per_image < 1:
+            raise ValueError(f"proposals_per_image must be >= 1, got {proposals_per_image!r}")
+        self.save_hyperparameters()
+        image_mean, image_std = channel_statistics(3, mean, std)
+        self.model = DETECTORS[backbone](
+            weights=None,
+            weights_backbone=None,
+            num_classes=num_classes + 1,
+            min_size=min_size,
+            max_size=max_size,
+            image_mean=list(image_mean),
+            image_std=list(image_std),
+            rpn_post_nms_top_n_test=proposals_per_image,
+        )
+        self.track_metrics(
+            MetricCollection(
+                {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"), "mean_iou": MatchedBoxIoU()}
+            ),
+            stages=EVALUATION_STAGES,
+        )
+
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Eval-mode detections (boxes xyxy in input pixels, scores, labels) of images in [0, 1]."""
+        return self.model(list(images))
+
+    def objective(self) -> DetectionObjective:
+        return DetectionObjective(self.model)
+
+    def step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        images, targets = list(batch["image"]), batch["target"]
+        if stage == "train":
+            loss = sum(self.model(images, targets).values())
+            self.log_loss(stage, loss, len(images))
+            return loss
+        objective = self.objective()
+        outputs = objective.forward(batch["image"])
+        loss = objective.loss(outputs, targets).mean()
+        self.log_loss(stage, loss, len(images))
+        self.stage_metrics[f"{stage}_metrics"].update(objective.predict(outputs), targets)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_scores("test")
+
+    def log_scores(self, stage: str) -> None:
+        """Log the epoch's mAP, mAP@0.5 and mean IoU (already reduced across ranks by torchmetrics)."""
+        metrics = self.stage_metrics[f"{stage}_metrics"]
+        scores = metrics.compute()
+        self.log_dict({f"{stage}_{name}": scores[f"{stage}_{name}"] for name in LOGGED_SCORES})
+        metrics.reset()

@@ -1,0 +1,113 @@
+"""APGD-CE: the checkpoint schedule, the rules, and strength against PGD at the same budget."""
+
+import pytest
+import torch
+
+from attacks.apgd import APGD, checkpoints
+from attacks.gradient import PGD
+from tests.attacks.invariants import assert_invariants
+
+EPS = 8 / 255
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_gradients(toy_classifier, toy_segmenter):
+    """The toy models keep their last training gradients; the invariants require none."""
+    for objective in (toy_classifier, toy_segmenter):
+        objective.model.zero_grad(set_to_none=True)
+
+
+def accuracy(objective, images, target):
+    with torch.no_grad():
+        return (objective.predict(objective.forward(images)) == target).float().mean().item()
+
+
+def mean_loss(objective, images, target):
+    with torch.no_grad():
+        return objective.loss(objective.forward(images), target).mean().item()
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce & Hein 2020, Sec. 3.2)
+    fractions = [0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99]
+    for steps in (100, 1000):
+        assert checkpoints(steps) == [round(p * steps) for p in fractions]
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+    small = checkpoints(3)
+    assert small == sorted(set(small)) and small[-1] <= 3 and 0 not in small
+
+
+CASES = {
+    "linf": (APGD(eps=EPS, steps=10), "linf", EPS, False),
+    "linf_fixed_start": (APGD(eps=EPS, steps=10, random_start=False), "linf", EPS, True),
+    "l2": (APGD(eps=0.5, steps=10, norm="l2"), "l2", 0.5, False),
+}
+
+
+@pytest.mark.parametrize("objective_name", ["toy_classifier", "toy_segmenter"])
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_invariants(case, objective_name, request, toy_batch):
+    attack, norm, eps, independent = CASES[case]
+    images, labels, masks = toy_batch
+    objective = request.getfixturevalue(objective_name)
+    target = labels if objective_name == "toy_classifier" else masks
+    assert_invariants(attack, objective, images, target, norm, eps, batch_independent=independent)
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 4 / 255), ("l2", 0.4)])
+def test_at_least_as_strong_as_pgd(norm, eps, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    steps = 20
+    apgd = APGD(eps=eps, steps=steps, norm=norm)(toy_classifier, images, labels).adv_images
+    pgd = PGD(eps=eps, steps=steps, norm=norm)(toy_classifier, images, labels).adv_images
+    assert accuracy(toy_classifier, apgd, labels) <= accuracy(toy_classifier, pgd, labels)
+    assert mean_loss(toy_classifier, apgd, labels) >= mean_loss(toy_classifier, pgd, labels)
+
+
+def test_beats_random_noise_on_both_tasks(toy_classifier, toy_segmenter, toy_batch):
+    images, labels, masks = toy_batch
+    noisy = (images + EPS * (torch.randint(0, 2, images.shape, generator=torch.Generator()) * 2 - 1)).clamp(
+        0, 1
+    )
+    attack = APGD(eps=EPS, steps=10)
+    assert accuracy(toy_classifier, attack(toy_classifier, images, labels).adv_images, labels) < 0.05
+    assert accuracy(toy_classifier, noisy, labels) > 0.9
+    attacked = accuracy(toy_segmenter, attack(toy_segmenter, images, masks).adv_images, masks)
+    assert attacked < accuracy(toy_segmenter, noisy, masks) - 0.05
+
+
+class RecordingAPGD(APGD):
+    """APGD that keeps the per-sample loss of every iterate it evaluates."""
+
+    def loss_gradient(self, objective, adv, images, target, step):
+        gradient, loss = super().loss_gradient(objective, adv, images, target, step)
+        self.losses.append(loss)
+        return gradient, loss
+
+
+def test_returns_highest_loss_iterate(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    attack = RecordingAPGD(eps=2 / 255, steps=10)
+    attack.losses = []
+    best = attack(toy_classifier, images, labels).adv_images
+    evaluated = torch.stack(attack.losses)
+    assert evaluated.shape == (attack.steps + 1, len(images))
+    with torch.no_grad():
+        best_loss = toy_classifier.loss(toy_classifier.forward(best), labels)
+    torch.testing.assert_close(best_loss, evaluated.max(dim=0).values, rtol=1e-5, atol=1e-6)
+    assert (evaluated.max(dim=0).values > evaluated[0]).all()
+
+
+@pytest.mark.parametrize(
+    ("build", "argument"),
+    [
+        (lambda: APGD(eps=-1.0), "eps"),
+        (lambda: APGD(steps=0), "steps"),
+        (lambda: APGD(rho=1.5), "rho"),
+        (lambda: APGD(momentum=-0.1), "momentum"),
+        (lambda: APGD(norm="l1"), "norm"),
+    ],
+)
+def test_invalid_arguments_raise(build, argument):
+    with pytest.raises(ValueError, match=argument):
+        build()

@@ -1,0 +1,300 @@
+"""The gradient family (FGSM, BIM, PGD, MI-FGSM, TI-*), its norms, targeted modes and Gaussian kernel."""
+
+import pytest
+import torch
+
+from attacks.base import input_gradient
+from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, GradientAttack
+from attacks.kernels import GaussianBlur, gaussian_kernel
+from attacks.norms import L2, Linf, norm_by_name
+from attacks.targets import TargetMode
+from tests.attacks.invariants import assert_invariants
+
+EPS = 8 / 255
+
+# (attack, norm, eps, batch independent): random draws (start, random goal) depend on the batch
+CASES = {
+    "fgsm": (FGSM(eps=EPS), "linf", EPS, True),
+    "fgsm_l2": (FGSM(eps=0.5, norm="l2"), "l2", 0.5, True),
+    "bim": (BIM(eps=EPS, steps=5), "linf", EPS, True),
+    "bim_l2": (BIM(eps=0.5, steps=5, norm="l2"), "l2", 0.5, True),
+    "pgd": (PGD(eps=EPS, steps=5), "linf", EPS, False),
+    "pgd_fixed_start": (PGD(eps=EPS, steps=5, random_start=False), "linf", EPS, True),
+    "pgd_l2": (PGD(eps=0.5, steps=5, norm="l2"), "l2", 0.5, False),
+    "mi_fgsm": (MIFGSM(eps=EPS, steps=5), "linf", EPS, True),
+    "ti_fgsm": (TIFGSM(eps=EPS, kernel_size=5), "linf", EPS, True),
+    "ti_bim": (TIBIM(eps=EPS, steps=5, kernel_size=5), "linf", EPS, True),
+    "ti_mi_fgsm": (TIMIFGSM(eps=EPS, steps=5, kernel_size=5), "linf", EPS, True),
+    "pgd_least_likely": (
+        PGD(eps=EPS, steps=5, random_start=False, target_mode="least_likely"),
+        "linf",
+        EPS,
+        True,
+    ),
+    "pgd_random_goal": (PGD(eps=EPS, steps=5, target_mode="random"), "linf", EPS, False),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_gradients(toy_classifier, toy_segmenter):
+    """The toy models keep their last training gradients; the invariants require none."""
+    for objective in (toy_classifier, toy_segmenter):
+        objective.model.zero_grad(set_to_none=True)
+
+
+def accuracy(objective, images, target):
+    with torch.no_grad():
+        return (objective.predict(objective.forward(images)) == target).float().mean().item()
+
+
+def sign_noise(images, norm, eps, seed=0):
+    """Uniform random signs scaled to the same Linf or L2 size as the attack budget."""
+    signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(seed)) * 2.0 - 1
+    scale = eps if norm == "linf" else eps / signs[0].numel() ** 0.5
+    return (images + scale * signs).clamp(0, 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_invariants_classifier(case, toy_classifier, toy_batch):
+    attack, norm, eps, independent = CASES[case]
+    images, labels, _ = toy_batch
+    assert_invariants(attack, toy_classifier, images, labels, norm, eps, batch_independent=independent)
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_invariants_segmenter(case, toy_segmenter, toy_batch):
+    attack, norm, eps, independent = CASES[case]
+    images, _, masks = toy_batch
+    assert_invariants(attack, toy_segmenter, images, masks, norm, eps, batch_independent=independent)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fgsm_closed_form(norm, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    eps = EPS if norm == "linf" else 0.5
+    gradient, _ = input_gradient(toy_classifier, images, labels)
+    step = gradient.sign() if norm == "linf" else gradient / gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    expected = (images + eps * step).clamp(0, 1)
+    adv = FGSM(eps=eps, norm=norm)(toy_classifier, images, labels).adv_images
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
+
+
+def test_ti_fgsm_is_fgsm_on_smoothed_gradient(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    gradient, _ = input_gradient(toy_classifier, images, labels)
+    expected = (images + EPS * GaussianBlur(7, 2.0)(gradient).sign()).clamp(0, 1)
+    adv = TIFGSM(eps=EPS, kernel_size=7, sigma=2.0)(toy_classifier, images, labels).adv_images
+    assert torch.equal(adv, expected)
+    assert not torch.equal(adv, FGSM(eps=EPS)(toy_classifier, images, labels).adv_images)
+
+
+def test_mi_fgsm_matches_momentum_equations(toy_classifier, toy_batch):
+    """Dong et al. 2018, Eq. 6-7, written out: g = mu g + grad / ||grad||_1, x = clip(x + a sign(g))."""
+    images, labels, _ = toy_batch
+    alpha, decay = EPS / 4, 0.8
+    adv, velocity = images.clone(), torch.zeros_like(images)
+    for _ in range(4):
+        gradient, _ = input_gradient(toy_classifier, adv, labels)
+        velocity = decay * velocity + gradient / gradient.abs().sum(dim=(1, 2, 3), keepdim=True)
+        adv = (images + (adv + alpha * velocity.sign() - images).clamp(-EPS, EPS)).clamp(0, 1)
+    result = MIFGSM(eps=EPS, alpha=alpha, steps=4, decay=decay)(toy_classifier, images, labels)
+    torch.testing.assert_close(result.adv_images, adv, rtol=0, atol=1e-6)
+
+
+def test_pgd_one_step_without_start_is_fgsm(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    pgd = PGD(eps=EPS, alpha=EPS, steps=1, random_start=False)(toy_classifier, images, labels)
+    assert torch.equal(pgd.adv_images, FGSM(eps=EPS)(toy_classifier, images, labels).adv_images)
+
+
+def test_mi_fgsm_without_decay_is_bim(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    mi = MIFGSM(eps=EPS, alpha=EPS / 5, steps=5, decay=0.0)(toy_classifier, images, labels)
+    bim = BIM(eps=EPS, alpha=EPS / 5, steps=5)(toy_classifier, images, labels)
+    assert torch.equal(mi.adv_images, bim.adv_images)
+
+
+@pytest.mark.parametrize(
+    ("ti", "plain"),
+    [
+        (TIFGSM(eps=EPS, kernel_size=1), FGSM(eps=EPS)),
+        (TIBIM(eps=EPS, steps=4, kernel_size=1), BIM(eps=EPS, steps=4)),
+        (TIMIFGSM(eps=EPS, steps=4, kernel_size=1), MIFGSM(eps=EPS, steps=4)),
+    ],
+    ids=["fgsm", "bim", "mi_fgsm"],
+)
+def test_ti_with_unit_kernel_is_plain_attack(ti, plain, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    assert torch.equal(
+        ti(toy_classifier, images, labels).adv_images, plain(toy_classifier, images, labels).adv_images
+    )
+
+
+ZERO_BUDGET = {FGSM: {}, BIM: {"steps": 3}, PGD: {"steps": 3}, MIFGSM: {"steps": 3}, TIFGSM: {}}
+
+
+@pytest.mark.parametrize("attack_class", ZERO_BUDGET, ids=lambda cls: cls.name)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_zero_budget_returns_input(attack_class, norm, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    attack = attack_class(eps=0.0, norm=norm, **ZERO_BUDGET[attack_class])
+    assert torch.equal(attack(toy_classifier, images, labels).adv_images, images)
+
+
+def test_pgd10_drives_accuracy_below_five_percent(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    adv = PGD(eps=EPS, alpha=2 / 255, steps=10)(toy_classifier, images, labels).adv_images
+    assert accuracy(toy_classifier, images, labels) == 1.0
+    assert accuracy(toy_classifier, adv, labels) < 0.05
+
+
+EFFECTIVE = {
+    "fgsm": FGSM(eps=EPS),
+    "bim": BIM(eps=EPS, steps=10),
+    "pgd": PGD(eps=EPS, steps=10),
+    "mi_fgsm": MIFGSM(eps=EPS),
+    "ti_fgsm": TIFGSM(eps=EPS, kernel_size=5),
+    "ti_bim": TIBIM(eps=EPS, kernel_size=5),
+    "ti_mi_fgsm": TIMIFGSM(eps=EPS, kernel_size=5),
+    "pgd_l2": PGD(eps=1.0, steps=10, norm="l2"),
+}
+
+
+@pytest.mark.parametrize("name", EFFECTIVE, ids=list(EFFECTIVE))
+def test_attack_beats_random_noise(name, toy_classifier, toy_segmenter, toy_batch):
+    attack = EFFECTIVE[name]
+    images, labels, masks = toy_batch
+    noisy = sign_noise(images, attack.norm.name, attack.eps)
+    for objective, target, ceiling in ((toy_classifier, labels, 0.5), (toy_segmenter, masks, 0.98)):
+        attacked = accuracy(objective, attack(objective, images, target).adv_images, target)
+        assert attacked < accuracy(objective, noisy, target) and attacked < ceiling
+
+
+@pytest.mark.parametrize("mode", ["least_likely", "random", "given"])
+def test_targeted_modes_reach_their_goals(mode, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    attack = PGD(eps=EPS, steps=10, target_mode=mode)
+    target = (labels + 1) % 4 if mode == "given" else labels
+    goal = attack.targets.resolve(toy_classifier, images, target, torch.Generator().manual_seed(attack.seed))
+    assert (goal != labels).all()
+    adv = attack(toy_classifier, images, target).adv_images
+    assert accuracy(toy_classifier, adv, goal) >= 0.9
+
+
+def test_targeted_segmentation_moves_pixels_to_goal(toy_segmenter, toy_batch):
+    images, _, masks = toy_batch
+    attack = PGD(eps=EPS, steps=10, target_mode="least_likely")
+    goal = attack.targets.resolve(toy_segmenter, images, masks, torch.Generator())
+    assert goal.shape == masks.shape
+    adv = attack(toy_segmenter, images, masks).adv_images
+    assert accuracy(toy_segmenter, adv, goal) > accuracy(toy_segmenter, images, goal) + 0.02
+    with torch.no_grad():
+        before = toy_segmenter.loss(toy_segmenter.forward(images), goal)
+        after = toy_segmenter.loss(toy_segmenter.forward(adv), goal)
+    assert (after < before).all()
+
+
+def test_target_modes_choose_from_logits(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    logits = toy_classifier.forward(images).detach()
+    generator = torch.Generator().manual_seed(0)
+    least = TargetMode("least_likely").resolve(toy_classifier, images, labels, generator)
+    assert torch.equal(least, logits.argmin(dim=1))
+    draws = torch.stack(
+        [TargetMode("random").resolve(toy_classifier, images, labels, generator) for _ in range(50)]
+    )
+    assert (draws != labels).all()
+    assert all(set(draws[:, i].tolist()) == set(range(4)) - {labels[i].item()} for i in range(len(labels)))
+    assert TargetMode("given").resolve(toy_classifier, images, labels, generator) is labels
+    assert TargetMode().sign == 1.0 and TargetMode("random").sign == -1.0
+
+
+def test_bim_trace(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    steps = 6
+    trace = BIM(eps=EPS, steps=steps)(toy_classifier, images, labels).trace
+    assert trace.update_cosine.shape == (len(images), steps - 1)
+    assert trace.update_variance.shape == (len(images), steps)
+    assert trace.variance.shape == (len(images),)
+    assert torch.isfinite(trace.update_variance).all() and torch.isfinite(trace.variance).all()
+    assert (trace.update_cosine.abs() <= 1 + 1e-6).all()
+    assert (trace.iterations == steps).all() and (trace.queries == 0).all()
+
+
+def test_linf_norm_strategy():
+    norm, generator = Linf(), torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    start = norm.random_start(images, 0.1, generator)
+    assert start.abs().max() <= 0.1 and start.abs().max() > 0.09
+    assert abs(start.mean().item()) < 0.005
+    delta = torch.randn(4, 3, 8, 8)
+    projected = norm.project(delta, 0.1)
+    assert torch.equal(norm.project(projected, 0.1), projected) and norm.size(projected).max() <= 0.1
+    assert torch.equal(norm.normalise_step(delta), delta.sign())
+
+
+def test_l2_norm_strategy():
+    norm, generator = L2(), torch.Generator().manual_seed(0)
+    start = norm.random_start(torch.rand(256, 1, 4, 4), 0.5, generator)
+    sizes = norm.size(start)
+    assert (sizes <= 0.5 + 1e-6).all()
+    # uniform in a 16-dimensional ball: P(radius < r) = (r / eps)^16, so most points sit near the surface
+    assert 0.3 < (sizes > 0.5 * 0.95).float().mean() < 0.75
+    delta = torch.randn(4, 3, 8, 8)
+    projected = norm.project(delta, 0.5)
+    torch.testing.assert_close(norm.size(projected), torch.full((4,), 0.5))
+    torch.testing.assert_close(norm.project(delta * 1e-3, 0.5), delta * 1e-3)
+    torch.testing.assert_close(norm.size(norm.normalise_step(delta)), torch.ones(4))
+    assert torch.equal(norm.normalise_step(torch.zeros(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))
+
+
+def test_gaussian_kernel_is_centred_and_normalised():
+    kernel = gaussian_kernel(7, 1.5)
+    torch.testing.assert_close(kernel.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert (
+        torch.equal(kernel, kernel.flip(0))
+        and torch.equal(kernel, kernel.flip(1))
+        and torch.equal(kernel, kernel.T)
+    )
+    assert kernel.argmax().item() == 3 * 7 + 3
+    torch.testing.assert_close(
+        kernel[3, 4] / kernel[3, 3], torch.exp(torch.tensor(-0.5 / 1.5**2, dtype=torch.float64))
+    )
+    assert GaussianBlur(15).sigma == pytest.approx(14 / 6)
+
+
+def test_gaussian_blur_is_depthwise_same_padding():
+    blur = GaussianBlur(5, 1.0)
+    x = torch.zeros(2, 3, 11, 11)
+    x[0, 1, 5, 5] = 1.0
+    out = blur(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[0, 1, 3:8, 3:8], gaussian_kernel(5, 1.0).float())
+    assert out[0, 0].abs().sum() == 0 and out[1].abs().sum() == 0
+    constant = blur(torch.full((1, 2, 9, 9), 0.7))
+    torch.testing.assert_close(constant[..., 2:7, 2:7], torch.full((1, 2, 5, 5), 0.7))
+    assert constant[0, 0, 0, 0] < 0.7  # zero padding at the border
+    unit = torch.rand(1, 3, 6, 6)
+    assert torch.equal(GaussianBlur(1)(unit), unit)
+
+
+@pytest.mark.parametrize(
+    ("build", "argument"),
+    [
+        (lambda: PGD(eps=-0.1), "eps"),
+        (lambda: BIM(steps=0), "steps"),
+        (lambda: BIM(steps=2.5), "steps"),
+        (lambda: PGD(alpha=-1.0), "alpha"),
+        (lambda: MIFGSM(decay=-0.5), "decay"),
+        (lambda: PGD(norm="l3"), "norm"),
+        (lambda: TIFGSM(kernel_size=4), "kernel_size"),
+        (lambda: TIBIM(kernel_size=0), "kernel_size"),
+        (lambda: TIMIFGSM(sigma=-1.0), "sigma"),
+        (lambda: FGSM(target_mode="most_likely"), "target_mode"),
+        (lambda: GradientAttack(steps=-3), "steps"),
+        (lambda: norm_by_name("linf2"), "norm"),
+    ],
+)
+def test_invalid_arguments_raise(build, argument):
+    with pytest.raises(ValueError, match=argument):
+        build()

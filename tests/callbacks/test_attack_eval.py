@@ -1,0 +1,111 @@
+"""AdversarialEvaluation inside trainer.test on the three trained task models."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from attacks.dense import DenseAdversaryGeneration
+from attacks.deepfool import DeepFool
+from attacks.exposure import BracketedExposureFusion
+from attacks.gradient import FGSM, PGD
+from attacks.smia import SMIA
+from attacks.square import SquareAttack
+from attacks.universal import UniversalPerturbation
+from callbacks.attack_eval import AdversarialEvaluation, AttackSpec, attack_specs, budget_label
+
+
+def evaluate(module, datamodule, callback, **trainer_args) -> dict[str, float]:
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[callback], **trainer_args,
+    )
+    modes = {name: m.training for name, m in module.named_modules()}
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    params = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    assert {name: m.training for name, m in module.named_modules()} == modes
+    assert {name: p.requires_grad for name, p in module.named_parameters()} == flags
+    assert all(torch.equal(params[k], v) for k, v in module.state_dict().items())
+    return callback.results
+
+
+def test_budget_labels_name_grey_levels():
+    assert budget_label(8 / 255) == "8_255"
+    assert budget_label(0.05) == "0.05"
+    assert budget_label(None) == "min"
+
+
+def test_attack_specs_need_budgets():
+    with pytest.raises(ValueError, match="epsilons"):
+        attack_specs({"fgsm": lambda eps: FGSM(eps=eps)}, None)
+    specs = attack_specs({"fgsm": (lambda eps: FGSM(eps=eps), [1 / 255, 2 / 255])}, None)
+    assert [key for key, _ in specs[0].instances()] == ["fgsm/1_255", "fgsm/2_255"]
+
+
+def test_registry_specs_build_configured_attacks():
+    spec = AttackSpec.from_registry("pgd", [4 / 255], steps=3)
+    ((key, attack),) = list(spec.instances())
+    assert key == "pgd/4_255" and isinstance(attack, PGD) and attack.eps == 4 / 255 and attack.steps == 3
+
+
+@pytest.mark.slow
+def test_classifier_metrics_fall_under_every_attack_family(fitted_classifier):
+    module, datamodule = fitted_classifier
+    callback = AdversarialEvaluation(
+        {
+            "fgsm": (lambda eps: FGSM(eps=eps), [1 / 255, 8 / 255]),
+            "pgd": (lambda eps: PGD(eps=eps, steps=5), [8 / 255]),
+            "smia": (lambda eps: SMIA(eps=eps, steps=5), [8 / 255]),
+            "deepfool": (lambda _: DeepFool(steps=20), [None]),
+            "bef": (lambda alpha: BracketedExposureFusion(alpha=alpha, steps=5), [0.05]),
+            "uap": (lambda eps: UniversalPerturbation(eps=eps, max_epochs=2), [16 / 255]),
+            "square": (lambda eps: SquareAttack(eps=eps, max_queries=100), [16 / 255]),
+        },
+        max_batches=2,
+    )
+    results = evaluate(module, datamodule, callback)
+    clean = results["clean/accuracy"]
+    assert clean > 0.5
+    for key in ("pgd/8_255", "smia/8_255", "deepfool/min", "fgsm/8_255"):
+        assert results[f"adv/{key}/accuracy"] < clean - 0.3, key
+        assert results[f"adv/{key}/success_rate"] > 0.5, key
+        assert results[f"adv/{key}/accuracy_drop"] == pytest.approx(clean - results[f"adv/{key}/accuracy"])
+    for key in ("bef/0_05", "uap/16_255", "square/16_255"):
+        assert results[f"adv/{key}/accuracy"] < clean, key
+    # a larger budget hurts more, and the perturbation statistics describe the budget
+    assert results["adv/fgsm/8_255/accuracy"] <= results["adv/fgsm/1_255/accuracy"]
+    assert results["adv/pgd/8_255/linf"] == pytest.approx(8 / 255, abs=1e-5)
+    assert results["adv/fgsm/1_255/linf"] == pytest.approx(1 / 255, abs=1e-5)
+    assert 0 <= results["adv/pgd/8_255/cos_positive"] <= 1
+    assert results["adv/square/16_255/queries"] > 0
+    assert results["adv/deepfool/min/l2"] > 0
+
+
+@pytest.mark.slow
+def test_segmenter_jaccard_falls(fitted_segmenter):
+    module, datamodule = fitted_segmenter
+    callback = AdversarialEvaluation(
+        {
+            "pgd": (lambda eps: PGD(eps=eps, steps=5), [8 / 255]),
+            "smia": (lambda eps: SMIA(eps=eps, steps=5), [8 / 255]),
+            "dag": (lambda eps: DenseAdversaryGeneration(eps=eps, max_iter=10), [8 / 255]),
+        },
+        max_batches=2,
+    )
+    results = evaluate(module, datamodule, callback)
+    assert results["clean/jaccard"] > 0.5
+    for key in ("pgd", "smia", "dag"):
+        assert results[f"adv/{key}/8_255/jaccard"] < results["clean/jaccard"] - 0.1, key
+        assert results[f"adv/{key}/8_255/jaccard_drop"] > 0.1
+
+
+@pytest.mark.slow
+def test_detector_map_falls(fitted_detector):
+    module, datamodule = fitted_detector
+    callback = AdversarialEvaluation({"pgd": (lambda eps: PGD(eps=eps, steps=3), [16 / 255])}, max_batches=2)
+    results = evaluate(module, datamodule, callback)
+    assert results["clean/map_50"] > 0
+    assert results["adv/pgd/16_255/map_50"] < results["clean/map_50"]
+    assert results["adv/pgd/16_255/map_50_drop"] > 0

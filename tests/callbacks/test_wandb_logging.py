@@ -1,0 +1,59 @@
+"""The W&B path for real: trainer.test with an offline WandbLogger, read back from the run's files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from attacks.gradient import FGSM
+from callbacks.attack_eval import AdversarialEvaluation
+from callbacks.wandb_logging import make_wandb_logger
+from callbacks.wandb_records import read_offline_run
+
+
+@pytest.fixture()
+def wandb_dirs(tmp_path, monkeypatch):
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        path = tmp_path / name.lower()
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs):
+    import wandb
+
+    module, datamodule = fitted_classifier
+    callback = AdversarialEvaluation({"fgsm": lambda eps: FGSM(eps=eps)}, epsilons=[2 / 255, 8 / 255], max_batches=1)
+    logger = make_wandb_logger(module, datamodule, ["fgsm"], save_dir=wandb_dirs / "wandb_dir")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=logger, callbacks=[callback], enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    run_dir = Path(logger.experiment.dir).parent
+    wandb.finish()
+
+    run = read_offline_run(run_dir)
+    assert callback.results, "the callback computed no metrics"
+    for name, value in callback.results.items():
+        assert run.summary[name] == pytest.approx(value, nan_ok=True), name
+    assert {"clean/accuracy", "adv/fgsm/8_255/accuracy", "adv/fgsm/8_255/success_rate"} <= set(run.summary)
+    assert run.group == "SyntheticFundusDataModule"
+    assert run.job_type == "fgsm"
+    assert run.tags == ["resnet18", "classification"]
+    assert run.config["attacks"]["fgsm/8_255"]["eps"] == pytest.approx(8 / 255)
+    assert run.config["model"]["model_name"] == "resnet18"
+
+    # 4 example rows for each of the two budgets
+    assert (run.summary["examples/_type"], run.summary["examples/nrows"]) == ("table-file", 8)
+    table_file = run_dir / "files" / run.summary["examples/path"]
+    rows = json.loads(table_file.read_text())
+    assert rows["columns"][:5] == ["id", "attack", "clean", "perturbation (amplified)", "adversarial"]

@@ -1,0 +1,39 @@
+"""Test-session set-up shared by every test package."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def fitted_classifier():
+    """(ClassifierModule, SyntheticFundusDataModule) trained once per test session."""
+    from tests.lightning_modules.trained import fit_classifier
+
+    return fit_classifier()
+
+
+@pytest.fixture(scope="session")
+def fitted_segmenter():
+    """(SegmenterModule, SyntheticLungCTDataModule) trained once per test session."""
+    from tests.lightning_modules.trained import fit_segmenter
+
+    return fit_segmenter()
+
+
+@pytest.fixture(scope="session")
+def fitted_detector():
+    """(DetectorModule, SyntheticEndoscopyDataModule) trained once per test session."""
+    from tests.lightning_modules.trained import fit_detector
+
+    return fit_detector()

@@ -1,0 +1,65 @@
+"""Task models fitted in seconds on the synthetic datamodules, for tests and session-scoped fixtures.
+
+Each ``fit_*`` returns the fitted module (in eval mode) and its datamodule (set up, un-augmented
+test split); ``test_scores`` runs ``trainer.test`` and returns the logged epoch metrics.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from datamodules import SyntheticEndoscopyDataModule, SyntheticFundusDataModule, SyntheticLungCTDataModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.detector import DetectorModule
+from lightning_modules.segmenter import SegmenterModule
+from lightning_modules.task_module import TaskModule
+
+
+def quick_trainer(max_epochs: int = 1) -> L.Trainer:
+    """A single-process CPU trainer without logger, checkpoints, progress bar or validation."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+
+
+def fit(module: TaskModule, datamodule: L.LightningDataModule, max_epochs: int) -> TaskModule:
+    torch.manual_seed(0)
+    quick_trainer(max_epochs).fit(module, datamodule=datamodule)
+    return module.eval()
+
+
+def test_scores(module: TaskModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """The epoch metrics ``trainer.test`` logs for ``module`` on the datamodule's test split."""
+    (scores,) = quick_trainer().test(module, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in scores.items()}
+
+
+def fit_classifier() -> tuple[ClassifierModule, SyntheticFundusDataModule]:
+    """resnet18 grading 5 synthetic DR grades from 64-pixel fundus images."""
+    datamodule = SyntheticFundusDataModule(num_samples=400, size=64, seed=0, batch_size=32)
+    module = ClassifierModule(
+        "resnet18", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+    )
+    return fit(module, datamodule, max_epochs=6), datamodule
+
+
+def fit_segmenter() -> tuple[SegmenterModule, SyntheticLungCTDataModule]:
+    """U-Net (resnet18 encoder, small decoder) segmenting lungs on 64-pixel synthetic CT slices."""
+    datamodule = SyntheticLungCTDataModule(num_samples=160, size=64, seed=0, batch_size=8)
+    module = SegmenterModule(in_channels=datamodule.in_channels, classes=1, lr=3e-3)
+    return fit(module, datamodule, max_epochs=3), datamodule
+
+
+def fit_detector() -> tuple[DetectorModule, SyntheticEndoscopyDataModule]:
+    """Faster R-CNN (MobileNetV3-FPN) on 128-pixel synthetic endoscopy frames with artefact boxes."""
+    datamodule = SyntheticEndoscopyDataModule(num_samples=120, size=128, seed=0, batch_size=8)
+    module = DetectorModule(num_classes=datamodule.num_classes, min_size=128, max_size=128)
+    return fit(module, datamodule, max_epochs=3), datamodule
