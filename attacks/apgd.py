@@ -29,11 +29,13 @@ def checkpoints(steps: int) -> list[int]:
 
 
 class APGD(GradientAttack):
-    """APGD-CE (Croce & Hein 2020, Algorithm 1, Eq. 2-3): from eta = 2 eps, z = P(x_k + eta * step(g)),
-    x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})) with momentum a (1 on the first step). At each
-    checkpoint a sample halves eta and restarts from its best point when fewer than ``rho`` of the steps
-    since the last checkpoint raised the loss (condition 1), or when eta was not halved at the last
-    checkpoint and the best loss has not improved since (condition 2). Returns the highest-loss iterate.
+    """APGD-CE (Croce & Hein 2020, Algorithm 1; update Eq. 2; step-size conditions of Sec. 3.2).
+
+    From eta = 2 eps: z = P(x_k + eta * step(g)), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))
+    with momentum a (1 on the first step). At each checkpoint a sample halves eta and restarts from its
+    best point when fewer than ``rho`` of the steps since the last checkpoint raised the loss
+    (condition 1), or when eta was not halved at the last checkpoint and the best loss has not improved
+    since (condition 2). Returns the highest-loss iterate.
 
     Keeps GradientAttack's ``step_loss`` hook (the task loss, negated for targeted modes), norm and
     targeted modes; defaults are AutoAttack's (100 steps, rho 0.75, momentum 0.75, random start).
@@ -67,14 +69,13 @@ class APGD(GradientAttack):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         self.rho = float(rho)
         self.momentum = float(momentum)
-        self.checkpoints = checkpoints(self.steps)
+        self.checkpoints = set(checkpoints(self.steps))
 
     def run(
         self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
     ) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, generator)
-        start = self.norm.random_start(images, self.eps, generator) if self.random_start else 0.0
-        adv = (images + start).clamp(0.0, 1.0)
+        adv = self.initial_point(images, generator)
         gradient, loss = self.loss_gradient(objective, adv, images, goal, 0)
         best_adv, best_gradient, best_loss = adv, gradient, loss
         previous_adv, previous_loss = adv, loss

@@ -180,15 +180,13 @@ class CWL2(Attack):
                 best_adv.copy_(torch.where(per_sample(improved, adv), adv, best_adv))
                 succeeded |= fooled
                 recorder.step(adv - images, ~stalled)
-                if not self.abort_early:
-                    optimiser.step()
-                    continue
-                if step % check_every == 0:
+                if self.abort_early and step % check_every == 0:
                     stalled |= loss > previous * ABORT_RATIO
                     previous = loss.detach()
                     if stalled.all():
                         break
-                frozen = w.detach().clone()
+                frozen = w.detach().clone() if self.abort_early else None
                 optimiser.step()
-                w.copy_(torch.where(per_sample(stalled, w), frozen, w))
+                if frozen is not None:
+                    w.copy_(torch.where(per_sample(stalled, w), frozen, w))
         return succeeded

@@ -17,7 +17,8 @@ class DeepFool(Attack):
     """DeepFool, multi-class L2 (Moosavi-Dezfooli et al. 2016, Algorithm 2).
 
     Per iteration, for the candidate classes k (the ``candidates`` highest clean logits) it linearises
-    f_k - f_orig, steps to the nearest boundary r = (|f_l| + 1e-4) w_l / ||w_l||_2, and accumulates r;
+    f_k - f_orig with w_k = grad(f_k - f_orig), steps to the nearest boundary
+    r = (|f_l - f_orig| / ||w_l||_2 + 1e-4) w_l / ||w_l||_2, and accumulates r;
     x_adv = clamp(x + (1 + overshoot) * sum r). Batched over samples, looping over classes only; samples
     already fooled stop updating. Classification objectives only (logits (B, K)).
     """
@@ -66,20 +67,21 @@ class DeepFool(Attack):
     @staticmethod
     def boundary_step(objective: Objective, adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         """The step to the nearest linearised boundary among ``classes`` (column 0 is the original class),
-        and whether each sample is already fooled (its arg-max is no longer the original class)."""
+        and whether each sample is already fooled (its arg-max is no longer the original class).
+
+        One backward pass per other class, through f_k - f_orig directly: w_k = grad(f_k - f_orig)."""
         x = adv.detach().requires_grad_(True)
         logits = objective.logits(objective.forward(x))
         fooled = logits.argmax(dim=1) != classes[:, 0]
+        if fooled.all():
+            return torch.zeros_like(x), fooled
         scores = logits.gather(1, classes)
-        last = classes.shape[1] - 1
-        (original_grad,) = torch.autograd.grad(scores[:, 0].sum(), x, retain_graph=True)
+        gaps = scores[:, 1:] - scores[:, :1]
         best_distance = torch.full_like(scores[:, 0], float("inf"))
         best_direction = torch.zeros_like(x)
-        for k in range(1, classes.shape[1]):
-            (grad,) = torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k < last)
-            direction = grad - original_grad
-            gap = (scores[:, k] - scores[:, 0]).detach().abs()
-            distance = gap / direction.flatten(1).norm(dim=1).clamp_min(TINY)
+        for k in range(gaps.shape[1]):
+            (direction,) = torch.autograd.grad(gaps[:, k].sum(), x, retain_graph=k < gaps.shape[1] - 1)
+            distance = gaps[:, k].detach().abs() / direction.flatten(1).norm(dim=1).clamp_min(TINY)
             closer = distance < best_distance
             best_distance = torch.where(closer, distance, best_distance)
             best_direction = torch.where(per_sample(closer, direction), direction, best_direction)

@@ -64,10 +64,10 @@ class DenseAdversaryGeneration(Attack):
             raise ValueError(f"label_mapping must be one of {LABEL_MAPPINGS}, got {label_mapping!r}")
         if eps is not None:
             check_positive("eps", eps)
-        self.gamma = gamma
-        self.max_iter = max_iter
+        self.gamma = float(gamma)
+        self.max_iter = int(max_iter)
         self.label_mapping = label_mapping
-        self.eps = eps
+        self.eps = None if eps is None else float(eps)
 
     def run(
         self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator

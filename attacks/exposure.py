@@ -139,11 +139,11 @@ class BracketedExposureFusion(Attack):
             raise ValueError(f"brackets must be an integer >= 2, got {brackets!r}")
         check_positive("exposure_range", exposure_range, allow_zero=False)
         check_positive("alpha", alpha)
-        self.levels = levels
-        self.brackets = brackets
-        self.exposure_range = exposure_range
-        self.alpha = alpha
-        self.steps = steps
+        self.levels = int(levels)
+        self.brackets = int(brackets)
+        self.exposure_range = float(exposure_range)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
 
     def taps(self, bands: Tensor) -> Tensor:
         """Each band value as its K x K neighbourhood: (B, N, C, H, W) -> (B, N, K*K, C, H, W)."""
@@ -210,7 +210,7 @@ class ConvolutionalBracketedExposureFusion(BracketedExposureFusion):
         super().__init__(levels, brackets, exposure_range, alpha, steps, seed)
         if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
-        self.kernel_size = kernel_size
+        self.kernel_size = int(kernel_size)
 
     def taps(self, bands: Tensor) -> Tensor:
         batch, brackets, channels, height, width = bands.shape

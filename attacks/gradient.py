@@ -28,7 +28,7 @@ class GradientAttack(Attack):
 
     1. g = d step_loss(x_t) / d x_t                  (``step_loss`` is the hook subclasses override)
     2. g = W * g                                     (Gaussian smoothing, only when ``kernel_size`` is set)
-    3. v = decay * v + g / ||g||_1                   (momentum; decay 0 keeps the plain gradient direction)
+    3. g = v = decay * v + g / ||g||_1               (momentum, skipped at decay 0: same step direction)
     4. delta = project(x_t - x + alpha * normalise_step(v), eps);  x_{t+1} = clamp(x + delta, 0, 1)
 
     ``x_0`` is the clean image, or a uniform draw from the eps-ball with ``random_start``. ``alpha``
@@ -82,6 +82,12 @@ class GradientAttack(Attack):
         (gradient,) = torch.autograd.grad(loss.sum(), adv)
         return gradient, loss.detach()
 
+    def initial_point(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The clean images, or with ``random_start`` a uniform draw from the eps-ball around them."""
+        if not self.random_start:
+            return images.clone()
+        return (images + self.norm.random_start(images, self.eps, generator)).clamp(0.0, 1.0)
+
     def advance(self, images: Tensor, adv: Tensor, update: Tensor) -> Tensor:
         """``adv + update`` projected onto the eps-ball around ``images``, then onto [0, 1]."""
         delta = self.norm.project(adv - images + update, self.eps)
@@ -91,21 +97,17 @@ class GradientAttack(Attack):
         self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
     ) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, generator)
-        delta = (
-            self.norm.random_start(images, self.eps, generator)
-            if self.random_start
-            else torch.zeros_like(images)
-        )
-        adv = (images + delta).clamp(0.0, 1.0)
+        adv = self.initial_point(images, generator)
         velocity = torch.zeros_like(images)
         recorder = TraceRecorder(images)
         for step in range(self.steps):
             gradient, _ = self.loss_gradient(objective, adv, images, goal, step)
             if self.smoothing is not None:
                 gradient = self.smoothing(gradient)
-            l1 = gradient.abs().flatten(1).sum(dim=1).clamp_min(TINY)
-            velocity = self.decay * velocity + gradient / per_sample(l1, gradient)
-            adv = self.advance(images, adv, self.alpha * self.norm.normalise_step(velocity))
+            if self.decay:
+                l1 = gradient.abs().flatten(1).sum(dim=1).clamp_min(TINY)
+                gradient = velocity = self.decay * velocity + gradient / per_sample(l1, gradient)
+            adv = self.advance(images, adv, self.alpha * self.norm.normalise_step(gradient))
             recorder.step(adv - images)
         return AttackResult(adv, recorder.finish(adv - images))
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -126,13 +127,25 @@ class MedicalDataModule(pl.LightningDataModule):
             pipeline = Pipeline(self.image_size, self.in_channels, augmentation)
             self.datasets[split] = ExampleDataset(splits[split], self.load_example, pipeline)
 
+    def _evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each process's share of an evaluation split without the padding repeats that a
+        DistributedSampler adds (so epoch metrics equal the one-process ones); None otherwise."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
+        sampler = None if shuffle else self._evaluation_sampler(self.datasets[split])
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             generator=torch.Generator().manual_seed(self.seed),

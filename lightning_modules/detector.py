@@ -33,7 +33,9 @@ class DetectorModule(TaskModule):
     Images are resized to ``min_size``/``max_size`` and normalised inside the network. Training uses
     torchvision's own losses; validation and test run the attack objective (``val_loss``/``test_loss``
     is its deterministic loss) and log mAP, mAP@0.5 and the mean IoU of matched boxes.
-    ``proposals_per_image`` is the RPN's eval-mode proposal count, the P of the objective.
+    ``proposals_per_image`` is the RPN's eval-mode proposal count, the P of the objective; the
+    ``*_samples_per_image`` are torchvision's anchors/proposals sampled per image for the losses
+    (torchvision's 256/512 are sized for 800-pixel images; smaller values train faster on small ones).
     """
 
     task = "detection"
@@ -45,6 +47,8 @@ class DetectorModule(TaskModule):
         min_size: int = 128,
         max_size: int = 128,
         proposals_per_image: int = 100,
+        rpn_samples_per_image: int = 128,
+        roi_samples_per_image: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         mean: Sequence[float] | None = None,
@@ -55,8 +59,13 @@ class DetectorModule(TaskModule):
             raise ValueError(f"backbone must be one of {sorted(DETECTORS)}, got {backbone!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-        if proposals_per_image < 1:
-            raise ValueError(f"proposals_per_image must be >= 1, got {proposals_per_image!r}")
+        for name, value in (
+            ("proposals_per_image", proposals_per_image),
+            ("rpn_samples_per_image", rpn_samples_per_image),
+            ("roi_samples_per_image", roi_samples_per_image),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
         self.save_hyperparameters()
         image_mean, image_std = channel_statistics(3, mean, std)
         self.model = DETECTORS[backbone](
@@ -68,6 +77,8 @@ class DetectorModule(TaskModule):
             image_mean=list(image_mean),
             image_std=list(image_std),
             rpn_post_nms_top_n_test=proposals_per_image,
+            rpn_batch_size_per_image=rpn_samples_per_image,
+            box_batch_size_per_image=roi_samples_per_image,
         )
         self.track_metrics(
             MetricCollection(

@@ -54,18 +54,14 @@ def sign_noise(images, norm, eps, seed=0):
     return (images + scale * signs).clamp(0, 1)
 
 
+@pytest.mark.parametrize("objective_name", ["toy_classifier", "toy_segmenter"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_invariants_classifier(case, toy_classifier, toy_batch):
+def test_invariants(case, objective_name, request, toy_batch):
     attack, norm, eps, independent = CASES[case]
-    images, labels, _ = toy_batch
-    assert_invariants(attack, toy_classifier, images, labels, norm, eps, batch_independent=independent)
-
-
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_invariants_segmenter(case, toy_segmenter, toy_batch):
-    attack, norm, eps, independent = CASES[case]
-    images, _, masks = toy_batch
-    assert_invariants(attack, toy_segmenter, images, masks, norm, eps, batch_independent=independent)
+    images, labels, masks = toy_batch
+    objective = request.getfixturevalue(objective_name)
+    target = labels if objective_name == "toy_classifier" else masks
+    assert_invariants(attack, objective, images, target, norm, eps, batch_independent=independent)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -76,6 +72,8 @@ def test_fgsm_closed_form(norm, toy_classifier, toy_batch):
     step = gradient.sign() if norm == "linf" else gradient / gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     expected = (images + eps * step).clamp(0, 1)
     adv = FGSM(eps=eps, norm=norm)(toy_classifier, images, labels).adv_images
+    if norm == "linf":
+        assert torch.equal(adv, expected)
     torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
 
 

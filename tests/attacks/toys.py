@@ -46,6 +46,7 @@ def train(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: nn.Module,
             optimiser.zero_grad()
             loss_fn(model(images[start:start + 64]), targets[start:start + 64]).backward()
             optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
     return model.eval()
 
 

@@ -22,11 +22,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--num-samples", type=int, default=105)
+    parser.add_argument("--num-samples", type=int, default=110)
     args = parser.parse_args()
 
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, weights_only=True)
-    datamodule = SyntheticFundusDataModule(num_samples=args.num_samples, size=64, seed=3, batch_size=8, test_fraction=0.5)
+    datamodule = SyntheticFundusDataModule(num_samples=args.num_samples, size=64, seed=3, batch_size=8, test_fraction=0.3)
     callback = AdversarialEvaluation(
         {
             "fgsm": lambda eps: FGSM(eps=eps),
