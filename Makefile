@@ -16,8 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/medadv run
 
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which otherwise slows small
+# torch ops tens of times on 2 cores shared with DDP worker processes.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

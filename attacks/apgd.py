@@ -71,9 +71,7 @@ class APGD(GradientAttack):
         self.momentum = float(momentum)
         self.checkpoints = set(checkpoints(self.steps))
 
-    def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
-    ) -> AttackResult:
+    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, generator)
         adv = self.initial_point(images, generator)
         gradient, loss = self.loss_gradient(objective, adv, images, goal, 0)

@@ -128,9 +128,7 @@ class CWL2(Attack):
         self.min_fooled = float(min_fooled)
         self.targets = TargetMode(target_mode)
 
-    def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
-    ) -> AttackResult:
+    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, generator)
         const = torch.full((images.shape[0],), self.initial_const, device=images.device, dtype=images.dtype)
         lower = torch.zeros_like(const)
@@ -165,6 +163,7 @@ class CWL2(Attack):
         stalled = torch.zeros_like(succeeded)
         previous = torch.full_like(const, float("inf"))
         check_every = max(self.steps // 10, 1)
+        freeze = False
         for step in range(self.steps):
             adv = (torch.tanh(w) + 1) / 2
             outputs = objective.forward(adv)
@@ -185,7 +184,8 @@ class CWL2(Attack):
                     previous = loss.detach()
                     if stalled.all():
                         break
-                frozen = w.detach().clone() if self.abort_early else None
+                    freeze = bool(stalled.any())
+                frozen = w.detach().clone() if freeze else None
                 optimiser.step()
                 if frozen is not None:
                     w.copy_(torch.where(per_sample(stalled, w), frozen, w))

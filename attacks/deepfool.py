@@ -31,22 +31,16 @@ class DeepFool(Attack):
         check_positive("overshoot", overshoot)
         check_steps("candidates", candidates)
         if candidates < 2:
-            raise ValueError(
-                f"candidates must be >= 2 (the original class and one other), got {candidates!r}"
-            )
+            raise ValueError(f"candidates must be >= 2 (the original class and one other), got {candidates!r}")
         self.steps = int(steps)
         self.overshoot = float(overshoot)
         self.candidates = int(candidates)
 
-    def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
-    ) -> AttackResult:
+    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
         with torch.no_grad():
             clean_logits = objective.logits(objective.forward(images))
         if clean_logits.dim() != 2:
-            raise ValueError(
-                f"DeepFool needs classification logits (B, K), got shape {tuple(clean_logits.shape)}"
-            )
+            raise ValueError(f"DeepFool needs classification logits (B, K), got shape {tuple(clean_logits.shape)}")
         classes = clean_logits.topk(min(self.candidates, clean_logits.shape[1]), dim=1).indices
         total_step = torch.zeros_like(images)
         adv = images.clone()

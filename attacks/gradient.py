@@ -93,9 +93,7 @@ class GradientAttack(Attack):
         delta = self.norm.project(adv - images + update, self.eps)
         return (images + delta).clamp(0.0, 1.0)
 
-    def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
-    ) -> AttackResult:
+    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, generator)
         adv = self.initial_point(images, generator)
         velocity = torch.zeros_like(images)
@@ -188,9 +186,7 @@ class MIFGSM(GradientAttack):
         target_mode: str = "untargeted",
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay, target_mode=target_mode, seed=seed
-        )
+        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay, target_mode=target_mode, seed=seed)
 
 
 class TIFGSM(GradientAttack):

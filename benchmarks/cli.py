@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fit one model from a YAML config and save its checkpoint")
     train.add_argument("--config", required=True, help="YAML file or name of a shipped train config")
     train.add_argument("--output", default="runs/train", help="folder for checkpoints and logs")
-    train.add_argument("overrides", nargs=argparse.REMAINDER,
-                       help="LightningCLI overrides, e.g. --trainer.max_epochs 3")
+    train.epilog = "Further arguments are LightningCLI overrides, e.g. --trainer.max_epochs 3."
 
     run = commands.add_parser("run", help="the main job: train the default models and print clean metrics")
     run.add_argument("--output", default="runs", help="folder for checkpoints and logs")
@@ -42,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     from benchmarks.training import print_metrics, train_from_config
 
     if args.command == "train":
-        result = train_from_config(resolve_config(args.config, "train"), Path(args.output), args.overrides)
+        result = train_from_config(resolve_config(args.config, "train"), Path(args.output), overrides)
         print_metrics({result.name: result.metrics})
         print(f"checkpoint: {result.checkpoint}")
         return 0

@@ -113,7 +113,8 @@ class TransferEvaluation(pl.Callback):
     def _log_table(self, logger: Any) -> None:
         import wandb
 
-        columns = ["attack", *(f"{source}->{target}" for source in map("+".join, self.sources) for target in self.targets)]
+        pairs = [f"{source}->{target}" for source in map("+".join, self.sources) for target in self.targets]
+        columns = ["attack", *pairs]
         table = wandb.Table(columns=columns)
         for key, rows in self.matrix.items():
             table.add_data(key, *(rows[source][target] for source in rows for target in self.targets))

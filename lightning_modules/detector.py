@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import (
@@ -13,15 +14,28 @@ from torchvision.models.detection import (
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
 )
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from lightning_modules.detection_objective import DetectionObjective
 from lightning_modules.metrics import MatchedBoxIoU
 from lightning_modules.normalization import channel_statistics
 from lightning_modules.task_module import TaskModule
 
+
+def fasterrcnn_resnet18_fpn(num_classes: int, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN on torchvision's ResNet-18 FPN (strides 4-64, trainable BatchNorm, no weights):
+    fine enough feature maps for 128-pixel images and cheap to train on a CPU."""
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+    )
+    return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
+# Backbone name -> Faster R-CNN builder taking num_classes and FasterRCNN keywords; never any weights.
 DETECTORS: dict[str, Callable[..., FasterRCNN]] = {
-    "mobilenet_v3": fasterrcnn_mobilenet_v3_large_fpn,
-    "resnet50": fasterrcnn_resnet50_fpn,
+    "mobilenet_v3": partial(fasterrcnn_mobilenet_v3_large_fpn, weights=None, weights_backbone=None),
+    "resnet50": partial(fasterrcnn_resnet50_fpn, weights=None, weights_backbone=None),
+    "resnet18": fasterrcnn_resnet18_fpn,
 }
 EVALUATION_STAGES = ("val", "test")
 LOGGED_SCORES = ("map", "map_50", "mean_iou")
@@ -69,8 +83,6 @@ class DetectorModule(TaskModule):
         self.save_hyperparameters()
         image_mean, image_std = channel_statistics(3, mean, std)
         self.model = DETECTORS[backbone](
-            weights=None,
-            weights_backbone=None,
             num_classes=num_classes + 1,
             min_size=min_size,
             max_size=max_size,

@@ -82,3 +82,9 @@ def assert_invariants(
     for name, m in objective.model.named_modules():
         m.training = modes[name]
     return result
+
+
+def accuracy(objective: Any, images: Tensor, target: Tensor) -> float:
+    """Fraction of correct predictions (per sample, or per pixel for segmentation)."""
+    with torch.no_grad():
+        return (objective.predict(objective.forward(images)) == target).float().mean().item()

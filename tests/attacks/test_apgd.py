@@ -5,21 +5,9 @@ import torch
 
 from attacks.apgd import APGD, checkpoints
 from attacks.gradient import PGD
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import accuracy, assert_invariants
 
 EPS = 8 / 255
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
-def accuracy(objective, images, target):
-    with torch.no_grad():
-        return (objective.predict(objective.forward(images)) == target).float().mean().item()
 
 
 def mean_loss(objective, images, target):
@@ -66,9 +54,7 @@ def test_at_least_as_strong_as_pgd(norm, eps, toy_classifier, toy_batch):
 
 def test_beats_random_noise_on_both_tasks(toy_classifier, toy_segmenter, toy_batch):
     images, labels, masks = toy_batch
-    noisy = (images + EPS * (torch.randint(0, 2, images.shape, generator=torch.Generator()) * 2 - 1)).clamp(
-        0, 1
-    )
+    noisy = (images + EPS * (torch.randint(0, 2, images.shape, generator=torch.Generator()) * 2 - 1)).clamp(0, 1)
     attack = APGD(eps=EPS, steps=10)
     assert accuracy(toy_classifier, attack(toy_classifier, images, labels).adv_images, labels) < 0.05
     assert accuracy(toy_classifier, noisy, labels) > 0.9

@@ -16,12 +16,6 @@ from tests.attacks.toys import blob_images, small_cnn, train
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
 
 @pytest.fixture(scope="module")
 def second_classifier():

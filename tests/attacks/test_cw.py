@@ -5,21 +5,9 @@ import torch
 
 from attacks.cw import CWL2, CWLinf, class_margin, fooled_fraction, margin_loss, signed_margin
 from attacks.gradient import PGD
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import accuracy, assert_invariants
 
 EPS = 8 / 255
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
-def accuracy(objective, images, target):
-    with torch.no_grad():
-        return (objective.predict(objective.forward(images)) == target).float().mean().item()
 
 
 def l2_sizes(adv, images):
@@ -37,9 +25,7 @@ def test_class_margin_closed_form():
     torch.testing.assert_close(class_margin(logits, labels), torch.tensor([3.0, -2.5]))
     torch.testing.assert_close(signed_margin(logits, labels, targeted=True), torch.tensor([-3.0, 2.5]))
     torch.testing.assert_close(margin_loss(torch.tensor([3.0, -2.5]), kappa=1.0), torch.tensor([3.0, -1.0]))
-    torch.testing.assert_close(
-        fooled_fraction(torch.tensor([3.0, -2.5]), kappa=1.0), torch.tensor([0.0, 1.0])
-    )
+    torch.testing.assert_close(fooled_fraction(torch.tensor([3.0, -2.5]), kappa=1.0), torch.tensor([0.0, 1.0]))
 
 
 def test_dense_margin_is_mean_over_positions():
@@ -111,9 +97,7 @@ def test_cw_l2_finds_small_adversarials(toy_classifier, toy_batch):
     sizes_one, sizes = l2_sizes(one, images), l2_sizes(adv, images)
     assert (sizes[fooled_one] <= sizes_one[fooled_one] + 1e-6).all()
     assert sizes[fooled_one].mean() < sizes_one[fooled_one].mean()
-    pgd = PGD(eps=sizes[fooled].median().item(), norm="l2", steps=10)(
-        toy_classifier, images, labels
-    ).adv_images
+    pgd = PGD(eps=sizes[fooled].median().item(), norm="l2", steps=10)(toy_classifier, images, labels).adv_images
     assert accuracy(toy_classifier, pgd, labels) > 1 - fooled.float().mean().item()
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * sizes.view(-1, 1, 1, 1)

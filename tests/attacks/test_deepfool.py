@@ -10,13 +10,6 @@ from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.invariants import assert_invariants
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
 def success_and_sizes(objective, images, labels, adv):
     with torch.no_grad():
         fooled = objective.predict(objective.forward(adv)) != labels
@@ -43,9 +36,7 @@ def test_affine_classifier_closed_form():
     distance = (logits[rows, other] - logits[rows, original]).abs() / direction.norm(dim=1)
     result = DeepFool(overshoot=0.02)(objective, images, original)
     delta = (result.adv_images - images).flatten(1)
-    torch.testing.assert_close(
-        delta.norm(dim=1), 1.02 * (distance + BOUNDARY_NUDGE).detach(), rtol=1e-4, atol=1e-6
-    )
+    torch.testing.assert_close(delta.norm(dim=1), 1.02 * (distance + BOUNDARY_NUDGE).detach(), rtol=1e-4, atol=1e-6)
     cosine = nn.functional.cosine_similarity(delta, direction.detach(), dim=1)
     torch.testing.assert_close(cosine, torch.ones(len(images)), rtol=0, atol=1e-4)
     assert (objective.predict(objective.forward(result.adv_images)) != original).all()

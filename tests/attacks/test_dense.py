@@ -12,13 +12,6 @@ from lightning_modules.detector import DetectorModule
 from tests.attacks.invariants import assert_invariants
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter) -> None:
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
 def correct_fraction(objective, images: Tensor, target: Tensor) -> float:
     with torch.no_grad():
         return (objective.predict(objective.forward(images)) == target).float().mean().item()

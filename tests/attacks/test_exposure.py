@@ -16,7 +16,7 @@ from attacks.exposure import (
     neutral_weights,
 )
 from attacks.pyramid import laplacian_pyramid, reconstruct
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import accuracy, assert_invariants
 
 SIZES = [(16, 16), (15, 17), (7, 5), (1, 1)]
 
@@ -36,16 +36,6 @@ class RandomDirection:
         return (outputs * self.direction).flatten(1).sum(dim=1)
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter) -> None:
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
-def accuracy(objective, images: Tensor, labels: Tensor) -> float:
-    with torch.no_grad():
-        return (objective.predict(objective.forward(images)) == labels).float().mean().item()
 
 
 @pytest.mark.parametrize("levels", [1, 3, 5])

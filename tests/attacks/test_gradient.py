@@ -8,7 +8,7 @@ from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, Gr
 from attacks.kernels import GaussianBlur, gaussian_kernel
 from attacks.norms import L2, Linf, norm_by_name
 from attacks.targets import TargetMode
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import accuracy, assert_invariants
 
 EPS = 8 / 255
 
@@ -33,18 +33,6 @@ CASES = {
     ),
     "pgd_random_goal": (PGD(eps=EPS, steps=5, target_mode="random"), "linf", EPS, False),
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
-
-def accuracy(objective, images, target):
-    with torch.no_grad():
-        return (objective.predict(objective.forward(images)) == target).float().mean().item()
 
 
 def sign_noise(images, norm, eps, seed=0):
@@ -123,9 +111,7 @@ def test_mi_fgsm_without_decay_is_bim(toy_classifier, toy_batch):
 )
 def test_ti_with_unit_kernel_is_plain_attack(ti, plain, toy_classifier, toy_batch):
     images, labels, _ = toy_batch
-    assert torch.equal(
-        ti(toy_classifier, images, labels).adv_images, plain(toy_classifier, images, labels).adv_images
-    )
+    assert torch.equal(ti(toy_classifier, images, labels).adv_images, plain(toy_classifier, images, labels).adv_images)
 
 
 ZERO_BUDGET = {FGSM: {}, BIM: {"steps": 3}, PGD: {"steps": 3}, MIFGSM: {"steps": 3}, TIFGSM: {}}
@@ -198,9 +184,7 @@ def test_target_modes_choose_from_logits(toy_classifier, toy_batch):
     generator = torch.Generator().manual_seed(0)
     least = TargetMode("least_likely").resolve(toy_classifier, images, labels, generator)
     assert torch.equal(least, logits.argmin(dim=1))
-    draws = torch.stack(
-        [TargetMode("random").resolve(toy_classifier, images, labels, generator) for _ in range(50)]
-    )
+    draws = torch.stack([TargetMode("random").resolve(toy_classifier, images, labels, generator) for _ in range(50)])
     assert (draws != labels).all()
     assert all(set(draws[:, i].tolist()) == set(range(4)) - {labels[i].item()} for i in range(len(labels)))
     assert TargetMode("given").resolve(toy_classifier, images, labels, generator) is labels
@@ -249,15 +233,9 @@ def test_l2_norm_strategy():
 def test_gaussian_kernel_is_centred_and_normalised():
     kernel = gaussian_kernel(7, 1.5)
     torch.testing.assert_close(kernel.sum(), torch.tensor(1.0, dtype=torch.float64))
-    assert (
-        torch.equal(kernel, kernel.flip(0))
-        and torch.equal(kernel, kernel.flip(1))
-        and torch.equal(kernel, kernel.T)
-    )
+    assert torch.equal(kernel, kernel.flip(0)) and torch.equal(kernel, kernel.flip(1)) and torch.equal(kernel, kernel.T)
     assert kernel.argmax().item() == 3 * 7 + 3
-    torch.testing.assert_close(
-        kernel[3, 4] / kernel[3, 3], torch.exp(torch.tensor(-0.5 / 1.5**2, dtype=torch.float64))
-    )
+    torch.testing.assert_close(kernel[3, 4] / kernel[3, 3], torch.exp(torch.tensor(-0.5 / 1.5**2, dtype=torch.float64)))
     assert GaussianBlur(15).sigma == pytest.approx(14 / 6)
 
 

@@ -8,26 +8,16 @@ from torch import Tensor
 
 from attacks.gradient import BIM
 from attacks.smia import SMIA
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import accuracy, assert_invariants
 
 EPS = 8 / 255
 
-
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter) -> None:
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
 
 
 def task(request, name: str, batch: tuple[Tensor, Tensor, Tensor]):
     images, labels, masks = batch
     return request.getfixturevalue(name), images, labels if name == "toy_classifier" else masks
 
-
-def accuracy(objective, images: Tensor, labels: Tensor) -> float:
-    with torch.no_grad():
-        return (objective.predict(objective.forward(images)) == labels).float().mean().item()
 
 
 def jaccard(objective, images: Tensor, masks: Tensor) -> float:

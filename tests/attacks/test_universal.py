@@ -18,12 +18,6 @@ EPS = {"linf": 16 / 255, "l2": 1.0}
 TARGET_CLASS = 2
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_gradients(toy_classifier, toy_segmenter):
-    """The toy models keep their last training gradients; the invariants require none."""
-    for objective in (toy_classifier, toy_segmenter):
-        objective.model.zero_grad(set_to_none=True)
-
 
 @pytest.fixture(scope="module")
 def fitting_data():

@@ -26,7 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, weights_only=True)
-    datamodule = SyntheticFundusDataModule(num_samples=args.num_samples, size=64, seed=3, batch_size=8, test_fraction=0.3)
+    datamodule = SyntheticFundusDataModule(
+        num_samples=args.num_samples, size=64, seed=3, batch_size=8, test_fraction=0.3
+    )
     callback = AdversarialEvaluation(
         {
             "fgsm": lambda eps: FGSM(eps=eps),

@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 
-from attacks.dense import DenseAdversaryGeneration
 from attacks.deepfool import DeepFool
+from attacks.dense import DenseAdversaryGeneration
 from attacks.exposure import BracketedExposureFusion
 from attacks.gradient import FGSM, PGD
 from attacks.smia import SMIA
@@ -67,9 +67,9 @@ def test_classifier_metrics_fall_under_every_attack_family(fitted_classifier):
     )
     results = evaluate(module, datamodule, callback)
     clean = results["clean/accuracy"]
-    assert clean > 0.5
+    assert clean > 0.35  # 5 grades: chance is 0.2
     for key in ("pgd/8_255", "smia/8_255", "deepfool/min", "fgsm/8_255"):
-        assert results[f"adv/{key}/accuracy"] < clean - 0.3, key
+        assert results[f"adv/{key}/accuracy"] < 0.5 * clean, key
         assert results[f"adv/{key}/success_rate"] > 0.5, key
         assert results[f"adv/{key}/accuracy_drop"] == pytest.approx(clean - results[f"adv/{key}/accuracy"])
     for key in ("bef/0_05", "uap/16_255", "square/16_255"):

@@ -86,9 +86,7 @@ def test_step_logs_loss_accuracy_and_one_vs_rest_auc(num_classes):
         else roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
     )
     assert set(scores) == {"val_acc", "val_auc"}
-    assert scores["val_acc"].item() == pytest.approx(
-        (probabilities.argmax(1) == labels).float().mean().item()
-    )
+    assert scores["val_acc"].item() == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
     assert scores["val_auc"].item() == pytest.approx(expected_auc, abs=1e-5)
     torch.testing.assert_close(module.losses["val_loss"].compute(), loss.detach())
 

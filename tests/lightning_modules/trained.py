@@ -1,24 +1,34 @@
 """Task models fitted in seconds on the synthetic datamodules, for tests and session-scoped fixtures.
 
-Each ``fit_*`` returns the fitted module (in eval mode) and its datamodule (set up, un-augmented
-test split); ``test_scores`` runs ``trainer.test`` and returns the logged epoch metrics.
+Each ``fit_*`` returns the fitted module (in eval mode) and its datamodule; ``held_out_scores`` runs
+``trainer.test`` on the test split and returns the logged epoch metrics.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import lightning as L
 import torch
 
-from datamodules import SyntheticEndoscopyDataModule, SyntheticFundusDataModule, SyntheticLungCTDataModule
+from datamodules import (
+    LungSegmentationDataModule,
+    MedMNISTDataModule,
+    SyntheticEndoscopyDataModule,
+    SyntheticFundusDataModule,
+    SyntheticLungCTDataModule,
+)
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.detector import DetectorModule
 from lightning_modules.segmenter import SegmenterModule
 from lightning_modules.task_module import TaskModule
 
 
-def quick_trainer(max_epochs: int = 1) -> L.Trainer:
+def quick_trainer(max_epochs: int = 1, **options: Any) -> L.Trainer:
     """A single-process CPU trainer without logger, checkpoints, progress bar or validation."""
     return L.Trainer(
+        **options,
         max_epochs=max_epochs,
         accelerator="cpu",
         devices=1,
@@ -30,13 +40,14 @@ def quick_trainer(max_epochs: int = 1) -> L.Trainer:
     )
 
 
-def fit(module: TaskModule, datamodule: L.LightningDataModule, max_epochs: int) -> TaskModule:
+def fit(module: TaskModule, datamodule: L.LightningDataModule, max_epochs: int, **options: Any) -> TaskModule:
+    """Fit from a fixed seed; ``options`` go to the Trainer (e.g. ``limit_train_batches``)."""
     torch.manual_seed(0)
-    quick_trainer(max_epochs).fit(module, datamodule=datamodule)
+    quick_trainer(max_epochs, **options).fit(module, datamodule=datamodule)
     return module.eval()
 
 
-def test_scores(module: TaskModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+def held_out_scores(module: TaskModule, datamodule: L.LightningDataModule) -> dict[str, float]:
     """The epoch metrics ``trainer.test`` logs for ``module`` on the datamodule's test split."""
     (scores,) = quick_trainer().test(module, datamodule=datamodule, verbose=False)
     return {name: float(value) for name, value in scores.items()}
@@ -45,9 +56,7 @@ def test_scores(module: TaskModule, datamodule: L.LightningDataModule) -> dict[s
 def fit_classifier() -> tuple[ClassifierModule, SyntheticFundusDataModule]:
     """resnet18 grading 5 synthetic DR grades from 64-pixel fundus images."""
     datamodule = SyntheticFundusDataModule(num_samples=400, size=64, seed=0, batch_size=32)
-    module = ClassifierModule(
-        "resnet18", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
-    )
+    module = ClassifierModule("resnet18", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     return fit(module, datamodule, max_epochs=6), datamodule
 
 
@@ -59,7 +68,28 @@ def fit_segmenter() -> tuple[SegmenterModule, SyntheticLungCTDataModule]:
 
 
 def fit_detector() -> tuple[DetectorModule, SyntheticEndoscopyDataModule]:
-    """Faster R-CNN (MobileNetV3-FPN) on 128-pixel synthetic endoscopy frames with artefact boxes."""
-    datamodule = SyntheticEndoscopyDataModule(num_samples=120, size=128, seed=0, batch_size=8)
-    module = DetectorModule(num_classes=datamodule.num_classes, min_size=128, max_size=128)
+    """Faster R-CNN (ResNet-18 FPN) on 128-pixel synthetic endoscopy frames with artefact boxes."""
+    datamodule = SyntheticEndoscopyDataModule(num_samples=80, size=128, seed=0, batch_size=4)
+    module = DetectorModule(
+        "resnet18",
+        num_classes=datamodule.num_classes,
+        min_size=128,
+        max_size=128,
+        rpn_samples_per_image=64,
+        roi_samples_per_image=64,
+    )
     return fit(module, datamodule, max_epochs=3), datamodule
+
+
+def fit_retinamnist_classifier(data_dir: Path) -> tuple[ClassifierModule, MedMNISTDataModule]:
+    """resnet18 grading diabetic retinopathy (5 grades) on RetinaMNIST's 28-pixel fundus images."""
+    datamodule = MedMNISTDataModule("retinamnist", str(data_dir / "medmnist"), size=28, num_classes=5)
+    module = ClassifierModule("resnet18", num_classes=5, lr=2e-3)
+    return fit(module, datamodule, max_epochs=4), datamodule
+
+
+def fit_cxr_segmenter(data_dir: Path) -> tuple[SegmenterModule, LungSegmentationDataModule]:
+    """U-Net segmenting lungs on 64-pixel chest X-rays (Montgomery and Shenzhen sets)."""
+    datamodule = LungSegmentationDataModule(str(data_dir / "cxr_lung_seg"), size=64, batch_size=8)
+    module = SegmenterModule(lr=3e-3)
+    return fit(module, datamodule, max_epochs=1, limit_train_batches=40), datamodule
