@@ -49,17 +49,13 @@ def expected_sampled_loss(
     drawn_positive = count_positive.clamp(max=int(sampler.batch_size_per_image * sampler.positive_fraction))
     drawn_negative = torch.minimum(count_negative, sampler.batch_size_per_image - drawn_positive)
     zero = torch.zeros_like(classification)
-    mean_positive = (torch.where(positive, classification + regression, zero)).sum(
-        dim=1
-    ) / count_positive.clamp(min=1)
+    mean_positive = (torch.where(positive, classification + regression, zero)).sum(dim=1) / count_positive.clamp(min=1)
     mean_negative = (torch.where(negative, classification, zero)).sum(dim=1) / count_negative.clamp(min=1)
     drawn = (drawn_positive + drawn_negative).clamp(min=1)
     return (drawn_positive * mean_positive + drawn_negative * mean_negative) / drawn
 
 
-def pad_proposals(
-    boxes: list[Tensor], count: int, image_sizes: list[tuple[int, int]]
-) -> tuple[Tensor, Tensor]:
+def pad_proposals(boxes: list[Tensor], count: int, image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
     """Proposals (B, count, 4) and validity (B, count): each image's first ``count`` proposals, then
     copies of the whole-image box marked invalid."""
     padded, valid = [], []
@@ -106,6 +102,7 @@ class DetectionObjective:
         self.model = model
 
     def forward(self, images: Tensor) -> DetectionOutputs:
+        """Eval-mode RPN and ROI-head outputs of images (B, 3, H, W) in [0, 1], differentiable w.r.t. them."""
         net = self.model
         with evaluation_mode(net):
             image_list, _ = net.transform(list(images))
@@ -116,9 +113,7 @@ class DetectionObjective:
             anchors_per_level = [level[0].numel() for level in objectness]
             objectness, deltas = concat_box_prediction_layers(objectness, deltas)
             decoded = net.rpn.box_coder.decode(deltas.detach(), anchors).view(len(images), -1, 4)
-            boxes, _ = net.rpn.filter_proposals(
-                decoded, objectness, image_list.image_sizes, anchors_per_level
-            )
+            boxes, _ = net.rpn.filter_proposals(decoded, objectness, image_list.image_sizes, anchors_per_level)
             proposals, valid = pad_proposals(boxes, net.rpn.post_nms_top_n(), image_list.image_sizes)
             class_logits, box_regression = self._box_head(features, list(proposals), image_list.image_sizes)
         batch, count = valid.shape
@@ -141,9 +136,7 @@ class DetectionObjective:
         heads = self.model.roi_heads
         return heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, image_sizes)))
 
-    def _resized_targets(
-        self, outputs: DetectionOutputs, target: list[dict[str, Tensor]]
-    ) -> list[dict[str, Tensor]]:
+    def _resized_targets(self, outputs: DetectionOutputs, target: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         return [
             {
                 "boxes": resize_boxes(t["boxes"].to(outputs.proposals), original, resized),
@@ -152,9 +145,7 @@ class DetectionObjective:
             for t, original, resized in zip(target, outputs.original_sizes, outputs.image_sizes, strict=True)
         ]
 
-    def _match(
-        self, boxes: list[Tensor], targets: list[dict[str, Tensor]]
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    def _match(self, boxes: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
         """Labels of ``boxes`` by IoU with ground truth (>= 0.5: its label, else 0) and matched gt boxes."""
         heads = self.model.roi_heads
         gt_boxes = [t["boxes"] for t in targets]
@@ -176,9 +167,7 @@ class DetectionObjective:
         labels, matched = rpn.assign_targets_to_anchors(anchors, targets)
         regression_targets = torch.stack(rpn.box_coder.encode(matched, anchors))
         labels = torch.stack(labels)
-        classification = F.binary_cross_entropy_with_logits(
-            outputs.objectness, labels.clamp(min=0), reduction="none"
-        )
+        classification = F.binary_cross_entropy_with_logits(outputs.objectness, labels.clamp(min=0), reduction="none")
         regression = F.smooth_l1_loss(
             outputs.rpn_deltas, regression_targets, beta=SMOOTH_L1_BETA, reduction="none"
         ).sum(dim=-1)
@@ -191,9 +180,7 @@ class DetectionObjective:
         counts = [len(boxes) for boxes in gt_boxes]
         with evaluation_mode(self.model):
             gt_logits, gt_regression = self._box_head(outputs.features, gt_boxes, outputs.image_sizes)
-        boxes = [
-            torch.cat([proposals, gt]) for proposals, gt in zip(outputs.proposals, gt_boxes, strict=True)
-        ]
+        boxes = [torch.cat([proposals, gt]) for proposals, gt in zip(outputs.proposals, gt_boxes, strict=True)]
         labels, matched = self._match(boxes, targets)
         regression_targets = heads.box_coder.encode(matched, boxes)
         per_image = []
@@ -201,20 +188,14 @@ class DetectionObjective:
             zip(gt_logits.split(counts), gt_regression.split(counts), strict=True)
         ):
             logits = torch.cat([outputs.class_logits[index].T, logits])
-            deltas = torch.cat(
-                [outputs.box_regression[index], deltas.view(-1, *outputs.box_regression.shape[2:])]
-            )
+            deltas = torch.cat([outputs.box_regression[index], deltas.view(-1, *outputs.box_regression.shape[2:])])
             kept = torch.cat([outputs.valid[index], outputs.valid.new_ones(counts[index])])
             label = labels[index].masked_fill(~kept, -1)
             classification = F.cross_entropy(logits, label.clamp(min=0), reduction="none")
             predicted = deltas[torch.arange(len(label)), label.clamp(min=0)]
-            box = F.smooth_l1_loss(
-                predicted, regression_targets[index], beta=SMOOTH_L1_BETA, reduction="none"
-            )
+            box = F.smooth_l1_loss(predicted, regression_targets[index], beta=SMOOTH_L1_BETA, reduction="none")
             per_image.append(
-                expected_sampled_loss(
-                    classification[None], box.sum(dim=-1)[None], label[None], heads.fg_bg_sampler
-                )
+                expected_sampled_loss(classification[None], box.sum(dim=-1)[None], label[None], heads.fg_bg_sampler)
             )
         return torch.cat(per_image)
 
@@ -229,9 +210,7 @@ class DetectionObjective:
                 [proposals[keep] for proposals, keep in zip(outputs.proposals, valid, strict=True)],
                 outputs.image_sizes,
             )
-            detections = [
-                {"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, labels, strict=True)
-            ]
+            detections = [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, labels, strict=True)]
             return net.transform.postprocess(detections, outputs.image_sizes, outputs.original_sizes)
 
     def logits(self, outputs: DetectionOutputs) -> Tensor:
@@ -252,10 +231,6 @@ class DetectionObjective:
             if len(logits) == 0 or not theirs.any():
                 per_image.append(outputs.class_logits.new_zeros(()))
                 continue
-            nearest = box_iou(outputs.proposals[index][mine], reference.proposals[index][theirs]).argmax(
-                dim=1
-            )
-            per_image.append(
-                soft_cross_entropy(logits, reference.class_logits[index].T[theirs][nearest]).mean()
-            )
+            nearest = box_iou(outputs.proposals[index][mine], reference.proposals[index][theirs]).argmax(dim=1)
+            per_image.append(soft_cross_entropy(logits, reference.class_logits[index].T[theirs][nearest]).mean())
         return torch.stack(per_image)

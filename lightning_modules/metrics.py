@@ -17,9 +17,7 @@ def greedy_matched_iou(
         return boxes.new_zeros(0)
     order = scores.argsort(descending=True)
     overlap = box_iou(boxes[order], gt_boxes)
-    overlap = torch.where(
-        labels[order].unsqueeze(1) == gt_labels.unsqueeze(0), overlap, torch.zeros_like(overlap)
-    )
+    overlap = torch.where(labels[order].unsqueeze(1) == gt_labels.unsqueeze(0), overlap, torch.zeros_like(overlap))
     free = torch.ones(len(gt_boxes), dtype=torch.bool, device=boxes.device)
     matched = []
     for row in overlap:

@@ -67,9 +67,7 @@ class SegmenterModule(TaskModule):
         )
         self.dice = DiceLoss(mode="binary" if classes == 1 else "multiclass", from_logits=True)
         task = (
-            {"task": "binary"}
-            if classes == 1
-            else {"task": "multiclass", "num_classes": classes, "average": "macro"}
+            {"task": "binary"} if classes == 1 else {"task": "multiclass", "num_classes": classes, "average": "macro"}
         )
         self.track_metrics(
             MetricCollection(

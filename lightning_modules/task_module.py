@@ -26,9 +26,7 @@ class TaskModule(L.LightningModule):
 
     def track_metrics(self, metrics: MetricCollection, stages: tuple[str, ...] = STAGES) -> None:
         """Keep one copy of ``metrics`` per stage, prefixed with the stage name."""
-        self.stage_metrics = nn.ModuleDict(
-            {f"{stage}_metrics": metrics.clone(prefix=f"{stage}_") for stage in stages}
-        )
+        self.stage_metrics = nn.ModuleDict({f"{stage}_metrics": metrics.clone(prefix=f"{stage}_") for stage in stages})
 
     def log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
         metric = self.losses[f"{stage}_loss"]

@@ -85,7 +85,7 @@ def fit_retinamnist_classifier(data_dir: Path) -> tuple[ClassifierModule, MedMNI
     """resnet18 grading diabetic retinopathy (5 grades) on RetinaMNIST's 28-pixel fundus images."""
     datamodule = MedMNISTDataModule("retinamnist", str(data_dir / "medmnist"), size=28, num_classes=5)
     module = ClassifierModule("resnet18", num_classes=5, lr=2e-3)
-    return fit(module, datamodule, max_epochs=4), datamodule
+    return fit(module, datamodule, max_epochs=3), datamodule
 
 
 def fit_cxr_segmenter(data_dir: Path) -> tuple[SegmenterModule, LungSegmentationDataModule]:
