@@ -11,6 +11,7 @@ from torch import Tensor
 
 from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive
 from attacks.blackbox import class_logits, goal_queries, succeeded
+from attacks.cw import class_margin
 from attacks.targets import TargetMode
 
 # iterations (out of 10000) after which the square's area fraction p halves (the paper's schedule)
@@ -28,13 +29,6 @@ def p_schedule(p_init: float, iteration: int, total: int) -> float:
 def square_side(p: float, height: int, width: int) -> int:
     """Side of a square covering about ``p`` of the image, at least 1 and smaller than the image."""
     return max(1, min(int(round(math.sqrt(p * height * width))), min(height, width) - 1))
-
-
-def margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """Margin loss z_y - max_{k != y} z_k per sample; negative once the prediction is not y."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
-    return true - other
 
 
 def random_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -77,7 +71,7 @@ class SquareAttack(Attack):
     def _loss(self, logits: Tensor, goal: Tensor) -> Tensor:
         if self.targets.targeted:
             return F.cross_entropy(logits, goal, reduction="none")
-        return margin(logits, goal)
+        return class_margin(logits, goal)
 
     def run(
         self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator

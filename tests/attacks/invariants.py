@@ -31,8 +31,7 @@ def assert_budget(adv: Tensor, images: Tensor, norm: str | None, eps: float | No
 
 
 def slice_target(target: Any, index: int) -> Any:
-    if isinstance(target, list):
-        return target[index : index + 1]
+    """The target of sample ``index`` alone (a tensor slice, or a one-element list of dicts)."""
     return target[index : index + 1]
 
 

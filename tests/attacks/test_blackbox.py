@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from attacks.cw import class_margin
 from attacks.gradient import PGD
 from attacks.one_pixel import OnePixelAttack, paint_pixels
-from attacks.square import SquareAttack, margin, p_schedule, square_side
+from attacks.square import SquareAttack, p_schedule, square_side
 from attacks.transfer import EnsembleObjective, TransferAttack
 from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.invariants import assert_invariants, model_state
@@ -130,7 +131,7 @@ def test_p_schedule_and_square_side_closed_forms():
 
 def test_margin_closed_form():
     logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]])
-    torch.testing.assert_close(margin(logits, torch.tensor([0, 0])), torch.tensor([1.0, -5.0]))
+    torch.testing.assert_close(class_margin(logits, torch.tensor([0, 0])), torch.tensor([1.0, -5.0]))
 
 
 # ---------------------------------------------------------------- one-pixel
