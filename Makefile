@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ run: $(STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which otherwise slows small
 # torch ops tens of times on 2 cores shared with DDP worker processes.
-test: $(STAMP)
+test: $(STAMP) browser
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
+
+# The report test opens the HTML report in Debian's headless chromium: install it when missing and we are
+# root with apt-get; otherwise say so and go on (that test then skips with the reason).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+			|| echo "note: installing chromium chromium-driver failed; the browser test will skip"; \
+	else echo "note: chromium/chromedriver missing and not root with apt-get; the browser test will skip"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import AttackResult, Objective, TraceRecorder, check_positive
+from attacks.base import AttackResult, Objective, SampleRandom, TraceRecorder, check_positive
 from attacks.gradient import GradientAttack
 from attacks.norms import per_sample
 
@@ -71,10 +71,10 @@ class APGD(GradientAttack):
         self.momentum = float(momentum)
         self.checkpoints = set(checkpoints(self.steps))
 
-    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
-        goal = self.targets.resolve(objective, images, target, generator)
-        adv = self.initial_point(images, generator)
-        gradient, loss = self.loss_gradient(objective, adv, images, goal, 0)
+    def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
+        goal = self.targets.resolve(objective, images, target, random)
+        adv = self.initial_point(images, random)
+        gradient, loss, _ = self.loss_gradient(objective, adv, images, goal, 0)
         best_adv, best_gradient, best_loss = adv, gradient, loss
         previous_adv, previous_loss = adv, loss
         step_size = torch.full_like(loss, self.alpha)
@@ -89,7 +89,7 @@ class APGD(GradientAttack):
             proposal = self.advance(images, adv, ascent)
             momentum = weight * (proposal - adv) + (1 - weight) * (adv - previous_adv)
             previous_adv, adv = adv, self.advance(images, adv, momentum)
-            gradient, loss = self.loss_gradient(objective, adv, images, goal, step + 1)
+            gradient, loss, _ = self.loss_gradient(objective, adv, images, goal, step + 1)
             increases = increases + (loss > previous_loss).to(loss.dtype)
             previous_loss = loss
             improved = loss > best_loss

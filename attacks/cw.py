@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
 from attacks.gradient import DEFAULT_EPS, GradientAttack
 from attacks.norms import per_sample
 from attacks.targets import TargetMode
@@ -67,6 +67,7 @@ class CWLinf(GradientAttack):
         norm: str = "linf",
         random_start: bool = True,
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -76,13 +77,15 @@ class CWLinf(GradientAttack):
             norm=norm,
             random_start=random_start,
             target_mode=target_mode,
+            early_stop=early_stop,
             seed=seed,
         )
         check_positive("kappa", kappa)
         self.kappa = float(kappa)
 
-    def step_loss(self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int) -> Tensor:
-        outputs = objective.forward(adv)
+    def step_loss(
+        self, objective: Objective, outputs: Any, adv: Tensor, images: Tensor, target: Any, step: int
+    ) -> Tensor:
         labels = objective.dense_target(outputs, target)
         signed = signed_margin(objective.logits(outputs), labels, self.targets.targeted)
         return -margin_loss(signed, self.kappa)
@@ -128,8 +131,8 @@ class CWL2(Attack):
         self.min_fooled = float(min_fooled)
         self.targets = TargetMode(target_mode)
 
-    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
-        goal = self.targets.resolve(objective, images, target, generator)
+    def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
+        goal = self.targets.resolve(objective, images, target, random)
         const = torch.full((images.shape[0],), self.initial_const, device=images.device, dtype=images.dtype)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, UNBOUNDED)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
 from attacks.norms import TINY, per_sample
 
 BOUNDARY_NUDGE = 1e-4
@@ -36,7 +36,7 @@ class DeepFool(Attack):
         self.overshoot = float(overshoot)
         self.candidates = int(candidates)
 
-    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
+    def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
         with torch.no_grad():
             clean_logits = objective.logits(objective.forward(images))
         if clean_logits.dim() != 2:

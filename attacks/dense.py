@@ -8,23 +8,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
 
 LABEL_MAPPINGS = ("permutation", "next")
 
 
-def adversarial_class_maps(
-    batch: int, classes: int, mapping: str, generator: torch.Generator, device: torch.device
-) -> Tensor:
+def adversarial_class_maps(classes: int, mapping: str, random: SampleRandom) -> Tensor:
     """(B, K) class -> adversarial class, never the class itself.
 
     ``"next"`` maps c to c + 1 mod K; ``"permutation"`` draws per sample a random K-cycle (a random
     permutation with no fixed point, so distinct classes get distinct adversarial labels).
     """
-    identity = torch.arange(classes, device=device).expand(batch, classes)
+    identity = torch.arange(classes, device=random.device).expand(random.batch, classes)
     if mapping == "next":
         return (identity + 1) % classes
-    order = torch.stack([torch.randperm(classes, generator=generator, device=device) for _ in range(batch)])
+    order = random.each(lambda generator, device: torch.randperm(classes, generator=generator, device=device))
     maps = torch.empty_like(order)
     maps.scatter_(1, order, order.roll(-1, dims=1))
     return maps
@@ -70,7 +68,7 @@ class DenseAdversaryGeneration(Attack):
         self.eps = None if eps is None else float(eps)
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         recorder = TraceRecorder(images)
         adv = images.clone()
@@ -79,9 +77,7 @@ class DenseAdversaryGeneration(Attack):
             x = adv.clone().requires_grad_(True)
             logits, labels = position_scores(objective, objective.forward(x), target)
             if class_maps is None:
-                class_maps = adversarial_class_maps(
-                    len(images), logits.shape[1], self.label_mapping, generator, images.device
-                )
+                class_maps = adversarial_class_maps(logits.shape[1], self.label_mapping, random)
             valid = (labels >= 0) & (labels < logits.shape[1])
             labels = labels.clamp(0, logits.shape[1] - 1)
             active = valid & (logits.argmax(dim=1) == labels)

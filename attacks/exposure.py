@@ -17,6 +17,7 @@ from attacks.base import (
     AttackResult,
     AttackTrace,
     Objective,
+    SampleRandom,
     TraceRecorder,
     check_positive,
     check_steps,
@@ -54,7 +55,7 @@ class MultiplicativeExposure(Attack):
         self.norm = norm_by_name(norm)
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         offset = torch.zeros_like(images)
         recorder = TraceRecorder(images)
@@ -184,7 +185,7 @@ class BracketedExposureFusion(Attack):
         return fused, weights, recorder.finish(fused - images)
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         fused, _, trace = self.optimise(objective, images, target)
         return AttackResult(fused, trace)

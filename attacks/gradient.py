@@ -13,13 +13,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
+from attacks.blackbox import require_class_logits, succeeded
 from attacks.kernels import GaussianBlur
 from attacks.norms import TINY, norm_by_name, per_sample
 from attacks.targets import TargetMode
 
 DEFAULT_EPS = 32 / 255
 TI_KERNEL_SIZE = 15
+
+
+def take(value: Any, rows: Tensor | None) -> Any:
+    """The ``rows`` of a batch tensor, or the whole batch when ``rows`` is None."""
+    return value if rows is None else value[rows]
+
+
+def put(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
+    """``full`` with its ``rows`` replaced by ``part``; ``part`` itself when ``rows`` is None (the whole batch)."""
+    return part if rows is None else full.index_copy(0, rows, part)
 
 
 class GradientAttack(Attack):
@@ -34,6 +45,8 @@ class GradientAttack(Attack):
     ``x_0`` is the clean image, or a uniform draw from the eps-ball with ``random_start``. ``alpha``
     None means eps / steps. ``norm`` is "linf" (sign steps, clipping) or "l2" (unit-L2 steps, radial
     projection). ``target_mode`` (see ``attacks.targets``) makes the default loss descend towards a goal.
+    ``early_stop`` (classification only, as in AutoAttack) attacks only the samples the clean images do
+    not already fool and stops a sample once fooled; each step runs on the still-active samples only.
     """
 
     name = "gradient"
@@ -49,6 +62,7 @@ class GradientAttack(Attack):
         kernel_size: int | None = None,
         sigma: float | None = None,
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(seed=seed)
@@ -65,48 +79,91 @@ class GradientAttack(Attack):
         self.decay = float(decay)
         self.smoothing = None if kernel_size is None else GaussianBlur(kernel_size, sigma)
         self.targets = TargetMode(target_mode)
+        self.early_stop = bool(early_stop)
 
-    def step_loss(self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int) -> Tensor:
+    def step_loss(
+        self, objective: Objective, outputs: Any, adv: Tensor, images: Tensor, target: Any, step: int
+    ) -> Tensor:
         """Per-sample (B,) quantity the loop ascends at ``step``: the task loss, negated when targeted.
 
-        ``target`` is already resolved by the target mode; ``images`` are the clean images.
+        ``outputs`` is ``objective.forward(adv)``; ``target`` is already resolved by the target mode;
+        ``images`` are the clean images.
         """
-        return self.targets.sign * objective.loss(objective.forward(adv), target)
+        return self.targets.sign * objective.loss(outputs, target)
 
     def loss_gradient(
         self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int
-    ) -> tuple[Tensor, Tensor]:
-        """Gradient of the summed ``step_loss`` w.r.t. the input only, and the per-sample loss (detached)."""
+    ) -> tuple[Tensor, Tensor, Any]:
+        """Gradient of the summed ``step_loss`` w.r.t. the input only, the per-sample loss (detached) and
+        the model outputs at ``adv``."""
         adv = adv.detach().requires_grad_(True)
-        loss = self.step_loss(objective, adv, images, target, step)
+        outputs = objective.forward(adv)
+        loss = self.step_loss(objective, outputs, adv, images, target, step)
         (gradient,) = torch.autograd.grad(loss.sum(), adv)
-        return gradient, loss.detach()
+        return gradient, loss.detach(), outputs
 
-    def initial_point(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def initial_point(self, images: Tensor, random: SampleRandom) -> Tensor:
         """The clean images, or with ``random_start`` a uniform draw from the eps-ball around them."""
         if not self.random_start:
             return images.clone()
-        return (images + self.norm.random_start(images, self.eps, generator)).clamp(0.0, 1.0)
+        return (images + self.norm.random_start(images, self.eps, random)).clamp(0.0, 1.0)
+
+    def start(
+        self, objective: Objective, images: Tensor, goal: Any, random: SampleRandom
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x_0`` and, with ``early_stop``, the (B,) mask of samples still to attack (None without).
+
+        A random start is kept only for the samples the clean images do not already fool; without one,
+        x_0 is the clean batch and the first step's forward pass finds them.
+        """
+        adv = self.initial_point(images, random)
+        if not self.early_stop:
+            return adv, None
+        if not self.random_start:
+            return adv, torch.ones(len(images), dtype=torch.bool, device=images.device)
+        with torch.no_grad():
+            active = self.not_fooled(objective, objective.forward(images), goal)
+        return torch.where(per_sample(active, adv), adv, images), active
+
+    def not_fooled(self, objective: Objective, outputs: Any, goal: Tensor) -> Tensor:
+        """(N,) bool: the samples whose ``outputs`` do not reach the attack's goal yet."""
+        logits = require_class_logits(objective.logits(outputs).detach(), "early_stop")
+        return ~succeeded(logits, goal, self.targets.targeted)
+
+    def direction(self, gradient: Tensor, velocity: Tensor) -> Tensor:
+        """Steps 2-3: the gradient smoothed by W, then with momentum the new velocity; the step direction."""
+        if self.smoothing is not None:
+            gradient = self.smoothing(gradient)
+        if not self.decay:
+            return gradient
+        l1 = gradient.abs().flatten(1).sum(dim=1).clamp_min(TINY)
+        return self.decay * velocity + gradient / per_sample(l1, gradient)
 
     def advance(self, images: Tensor, adv: Tensor, update: Tensor) -> Tensor:
         """``adv + update`` projected onto the eps-ball around ``images``, then onto [0, 1]."""
         delta = self.norm.project(adv - images + update, self.eps)
         return (images + delta).clamp(0.0, 1.0)
 
-    def run(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> AttackResult:
-        goal = self.targets.resolve(objective, images, target, generator)
-        adv = self.initial_point(images, generator)
+    def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
+        goal = self.targets.resolve(objective, images, target, random)
+        adv, active = self.start(objective, images, goal, random)
         velocity = torch.zeros_like(images)
         recorder = TraceRecorder(images)
         for step in range(self.steps):
-            gradient, _ = self.loss_gradient(objective, adv, images, goal, step)
-            if self.smoothing is not None:
-                gradient = self.smoothing(gradient)
+            rows = None if active is None else active.nonzero().squeeze(1)
+            if rows is not None and len(rows) == 0:
+                break
+            clean, current = take(images, rows), take(adv, rows)
+            gradient, _, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
+            if rows is not None:
+                keep = self.not_fooled(objective, outputs, goal[rows])
+                active[rows[~keep]] = False
+                rows, clean, current, gradient = rows[keep], clean[keep], current[keep], gradient[keep]
+            direction = self.direction(gradient, take(velocity, rows))
             if self.decay:
-                l1 = gradient.abs().flatten(1).sum(dim=1).clamp_min(TINY)
-                gradient = velocity = self.decay * velocity + gradient / per_sample(l1, gradient)
-            adv = self.advance(images, adv, self.alpha * self.norm.normalise_step(gradient))
-            recorder.step(adv - images)
+                velocity = put(velocity, rows, direction)
+            adv = put(adv, rows, self.advance(clean, current, self.alpha * self.norm.normalise_step(direction)))
+            recorder.step(adv - images, active)
         return AttackResult(adv, recorder.finish(adv - images))
 
 
@@ -116,9 +173,14 @@ class FGSM(GradientAttack):
     name = "fgsm"
 
     def __init__(
-        self, eps: float = DEFAULT_EPS, norm: str = "linf", target_mode: str = "untargeted", seed: int = 0
+        self,
+        eps: float = DEFAULT_EPS,
+        norm: str = "linf",
+        target_mode: str = "untargeted",
+        early_stop: bool = False,
+        seed: int = 0,
     ) -> None:
-        super().__init__(eps=eps, steps=1, norm=norm, target_mode=target_mode, seed=seed)
+        super().__init__(eps=eps, steps=1, norm=norm, target_mode=target_mode, early_stop=early_stop, seed=seed)
 
 
 class BIM(GradientAttack):
@@ -136,9 +198,12 @@ class BIM(GradientAttack):
         steps: int = 40,
         norm: str = "linf",
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, target_mode=target_mode, seed=seed)
+        super().__init__(
+            eps=eps, alpha=alpha, steps=steps, norm=norm, target_mode=target_mode, early_stop=early_stop, seed=seed
+        )
 
 
 class PGD(GradientAttack):
@@ -157,6 +222,7 @@ class PGD(GradientAttack):
         norm: str = "linf",
         random_start: bool = True,
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -166,6 +232,7 @@ class PGD(GradientAttack):
             norm=norm,
             random_start=random_start,
             target_mode=target_mode,
+            early_stop=early_stop,
             seed=seed,
         )
 
@@ -184,9 +251,19 @@ class MIFGSM(GradientAttack):
         decay: float = 1.0,
         norm: str = "linf",
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay, target_mode=target_mode, seed=seed)
+        super().__init__(
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            norm=norm,
+            decay=decay,
+            target_mode=target_mode,
+            early_stop=early_stop,
+            seed=seed,
+        )
 
 
 class TIFGSM(GradientAttack):
@@ -202,6 +279,7 @@ class TIFGSM(GradientAttack):
         sigma: float | None = None,
         norm: str = "linf",
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -211,6 +289,7 @@ class TIFGSM(GradientAttack):
             kernel_size=kernel_size,
             sigma=sigma,
             target_mode=target_mode,
+            early_stop=early_stop,
             seed=seed,
         )
 
@@ -229,6 +308,7 @@ class TIBIM(GradientAttack):
         sigma: float | None = None,
         norm: str = "linf",
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -239,6 +319,7 @@ class TIBIM(GradientAttack):
             kernel_size=kernel_size,
             sigma=sigma,
             target_mode=target_mode,
+            early_stop=early_stop,
             seed=seed,
         )
 
@@ -258,6 +339,7 @@ class TIMIFGSM(GradientAttack):
         sigma: float | None = None,
         norm: str = "linf",
         target_mode: str = "untargeted",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -269,5 +351,6 @@ class TIMIFGSM(GradientAttack):
             kernel_size=kernel_size,
             sigma=sigma,
             target_mode=target_mode,
+            early_stop=early_stop,
             seed=seed,
         )

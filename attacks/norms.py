@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from attacks.base import SampleRandom
+
 TINY = 1e-12
 
 
@@ -29,7 +31,7 @@ class Norm(ABC):
         """Per-sample norm (B,) of a perturbation."""
 
     @abstractmethod
-    def random_start(self, images: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    def random_start(self, images: Tensor, eps: float, random: SampleRandom) -> Tensor:
         """A random perturbation inside the eps-ball."""
 
     @abstractmethod
@@ -49,8 +51,8 @@ class Linf(Norm):
     def size(self, delta: Tensor) -> Tensor:
         return delta.flatten(1).abs().amax(dim=1)
 
-    def random_start(self, images: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    def random_start(self, images: Tensor, eps: float, random: SampleRandom) -> Tensor:
+        noise = random.draw(torch.rand, images.shape[1:], dtype=images.dtype)
         return (2 * noise - 1) * eps
 
     def normalise_step(self, gradient: Tensor) -> Tensor:
@@ -68,10 +70,10 @@ class L2(Norm):
     def size(self, delta: Tensor) -> Tensor:
         return delta.flatten(1).norm(dim=1)
 
-    def random_start(self, images: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        direction = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    def random_start(self, images: Tensor, eps: float, random: SampleRandom) -> Tensor:
+        direction = random.draw(torch.randn, images.shape[1:], dtype=images.dtype)
         dims = direction[0].numel()
-        uniform = torch.rand(images.shape[0], generator=generator, device=images.device, dtype=images.dtype)
+        uniform = random.draw(torch.rand, (), dtype=images.dtype)
         radius = eps * uniform ** (1.0 / dims)
         return self.normalise_step(direction) * per_sample(radius, images)
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
 from attacks.blackbox import class_logits, goal_queries, succeeded
 from attacks.targets import TargetMode
 
@@ -32,7 +32,8 @@ class OnePixelAttack(Attack):
     Each sample evolves its own population of candidates of ``pixels`` (row, column, colour) genes.
     Fitness: the true-class probability (untargeted) or the goal-class probability (targeted
     ``target_mode``). Initial genes and the r1, r2, r3 draws are shared by the batch, so a sample's result
-    does not depend on its batch. Positions stay integers, colours in [0, 1]; a sample stops once fooled.
+    does not depend on its batch; with ``ids`` each sample draws its own. Positions stay integers, colours
+    in [0, 1]; a sample stops once fooled.
     """
 
     name = "one_pixel"
@@ -63,15 +64,15 @@ class OnePixelAttack(Attack):
         self.chunk_size = int(chunk_size)
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         batch, channels, height, width = images.shape
         bounds = [height - 1, width - 1] + [1] * channels
         upper = torch.tensor(bounds, dtype=images.dtype, device=images.device)
         recorder = TraceRecorder(images)
-        goal = self.targets.resolve(objective, images, target, generator)
+        goal = self.targets.resolve(objective, images, target, random)
         recorder.add_queries(goal_queries(self.targets))
-        genes = self._initial_genes(channels, upper, generator).expand(batch, -1, -1, -1).clone()
+        genes = self._initial_genes(channels, upper, random).expand(batch, -1, -1, -1).clone()
         active = torch.ones(batch, dtype=torch.bool, device=images.device)
         fitness, fooled = self._evaluate(objective, images, genes, goal, active, recorder)
         best = self._fittest(images, genes, fitness, fooled)
@@ -80,7 +81,7 @@ class OnePixelAttack(Attack):
         for _ in range(self.iterations):
             if not active.any():
                 break
-            children = self._mutate(genes, upper, generator)
+            children = self._mutate(genes, upper, random)
             child_fitness, child_fooled = self._evaluate(objective, images, children, goal, active, recorder)
             replace = (child_fitness < fitness) & active[:, None]
             genes = torch.where(replace[..., None, None], children, genes)
@@ -92,13 +93,12 @@ class OnePixelAttack(Attack):
         extras = {"goal": goal} if self.targets.targeted else {}
         return AttackResult(best, recorder.finish(best - images), extras)
 
-    def _initial_genes(self, channels: int, upper: Tensor, generator: torch.Generator) -> Tensor:
-        """(1, P, d, 2 + C): positions uniform over the image, colours N(0.5, 0.5) clipped to [0, 1] (the
-        paper's N(128, 127) on 8 bits)."""
-        shape = (1, self.population, self.pixels)
-        like = {"dtype": upper.dtype, "device": upper.device}
-        positions = torch.rand(*shape, 2, generator=generator, **like) * (upper[:2] + 1)
-        colours = 0.5 + 0.5 * torch.randn(*shape, channels, generator=generator, **like)
+    def _initial_genes(self, channels: int, upper: Tensor, random: SampleRandom) -> Tensor:
+        """(1, P, d, 2 + C), or with ids (B, P, d, 2 + C): positions uniform over the image, colours
+        N(0.5, 0.5) clipped to [0, 1] (the paper's N(128, 127) on 8 bits)."""
+        shape = (self.population, self.pixels)
+        positions = random.shared(torch.rand, (*shape, 2), dtype=upper.dtype) * (upper[:2] + 1)
+        colours = 0.5 + 0.5 * random.shared(torch.randn, (*shape, channels), dtype=upper.dtype)
         return self._bounded(torch.cat([positions.floor(), colours], dim=-1), upper)
 
     def _bounded(self, genes: Tensor, upper: Tensor) -> Tensor:
@@ -106,12 +106,14 @@ class OnePixelAttack(Attack):
         genes = torch.minimum(genes.clamp_min(0), upper)
         return torch.cat([genes[..., :2].round(), genes[..., 2:]], dim=-1)
 
-    def _mutate(self, genes: Tensor, upper: Tensor, generator: torch.Generator) -> Tensor:
+    def _mutate(self, genes: Tensor, upper: Tensor, random: SampleRandom) -> Tensor:
         """DE/rand/1: x_r1 + F (x_r2 - x_r3), r1, r2, r3 distinct and different from the parent."""
-        keys = torch.rand(self.population, self.population, generator=generator, device=genes.device)
-        keys.fill_diagonal_(2.0)
-        r1, r2, r3 = keys.argsort(dim=1)[:, :3].unbind(dim=1)
-        return self._bounded(genes[:, r1] + self.mutation * (genes[:, r2] - genes[:, r3]), upper)
+        keys = random.shared(torch.rand, (self.population, self.population))
+        parent = torch.eye(self.population, dtype=torch.bool, device=genes.device)
+        r1, r2, r3 = keys.masked_fill(parent, 2.0).argsort(dim=2)[..., :3].unbind(dim=2)
+        samples = torch.arange(len(genes), device=genes.device)[:, None]
+        x1, x2, x3 = (genes[samples, r] for r in (r1, r2, r3))
+        return self._bounded(x1 + self.mutation * (x2 - x3), upper)
 
     def _evaluate(
         self,

@@ -34,15 +34,17 @@ class SMIA(GradientAttack):
         kernel_size: int = 5,
         sigma: float | None = 1.0,
         norm: str = "linf",
+        early_stop: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, seed=seed)
+        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, early_stop=early_stop, seed=seed)
         check_positive("stabilisation_weight", stabilisation_weight)
         self.stabilisation_weight = float(stabilisation_weight)
         self.stabiliser = GaussianBlur(kernel_size, sigma)
 
-    def step_loss(self, objective: Objective, adv: Tensor, images: Tensor, target: Any, step: int) -> Tensor:
-        outputs = objective.forward(adv)
+    def step_loss(
+        self, objective: Objective, outputs: Any, adv: Tensor, images: Tensor, target: Any, step: int
+    ) -> Tensor:
         deviation = objective.loss(outputs, target)
         if step == 0:
             return deviation

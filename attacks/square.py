@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, TraceRecorder, check_positive
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive
 from attacks.blackbox import class_logits, goal_queries, succeeded
 from attacks.cw import class_margin
 from attacks.targets import TargetMode
@@ -31,9 +32,20 @@ def square_side(p: float, height: int, width: int) -> int:
     return max(1, min(int(round(math.sqrt(p * height * width))), min(height, width) - 1))
 
 
-def random_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    """Uniform +-1 entries."""
-    return torch.randint(0, 2, shape, generator=generator, device=device).float() * 2 - 1
+def random_signs(random: SampleRandom, shape: tuple[int, ...]) -> Tensor:
+    """Uniform +-1 entries of ``shape``, shared by the batch (1, *shape) or with ids per sample (B, *shape)."""
+    return random.shared(partial(torch.randint, 0, 2), shape).float() * 2 - 1
+
+
+def square_window(top: Tensor, left: Tensor, side: int, like: Tensor) -> tuple[Tensor, ...]:
+    """Advanced index of the side x side squares at (``top``, ``left``) ((1,) or (B,) each) in every image and
+    channel of ``like`` (B, C, H, W): ``like[window]`` is (B, C, side, side)."""
+    offsets = torch.arange(side, device=like.device)
+    samples = torch.arange(like.shape[0], device=like.device).view(-1, 1, 1, 1)
+    channels = torch.arange(like.shape[1], device=like.device).view(1, -1, 1, 1)
+    rows = (top[:, None] + offsets).view(-1, 1, side, 1)
+    columns = (left[:, None] + offsets).view(-1, 1, 1, side)
+    return samples, channels, rows, columns
 
 
 class SquareAttack(Attack):
@@ -43,8 +55,8 @@ class SquareAttack(Attack):
     reset to x + eps * (+-1 per channel); a proposal is kept when it lowers the sample's loss: the margin
     loss (untargeted) or the cross entropy to the goal class (targeted ``target_mode``, as in the paper).
     A sample stops once fooled. Proposals (square position, signs) are shared by the batch and accepted
-    per sample, so a sample's result does not depend on its batch. ``max_queries`` bounds the model
-    queries per sample, the clean check included.
+    per sample, so a sample's result does not depend on its batch; with ``ids`` each sample draws its own.
+    ``max_queries`` bounds the model queries per sample, the clean check included.
     """
 
     name = "square"
@@ -74,41 +86,40 @@ class SquareAttack(Attack):
         return class_margin(logits, goal)
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         batch, channels, height, width = images.shape
         recorder = TraceRecorder(images)
-        goal = self.targets.resolve(objective, images, target, generator)
+        goal = self.targets.resolve(objective, images, target, random)
         done = succeeded(class_logits(objective, images), goal, self.targets.targeted)
         recorder.add_queries(1 + goal_queries(self.targets))
         best = images.clone()
         loss = torch.full((batch,), float("inf"), dtype=images.dtype, device=images.device)
-        stripes = self.eps * random_signs((1, channels, 1, width), generator, images.device)
+        stripes = self.eps * random_signs(random, (channels, 1, width))
         start = (images + stripes).clamp(0, 1)
         self._accept(objective, images, start, goal, best, loss, done, recorder)
         for iteration in range(self.max_queries - 2):
             if done.all():
                 break
             side = square_side(p_schedule(self.p_init, iteration, self.max_queries), height, width)
-            candidates = self._propose(images, best, side, generator)
+            candidates = self._propose(images, best, side, random)
             self._accept(objective, images, candidates, goal, best, loss, done, recorder)
         extras = {"goal": goal} if self.targets.targeted else {}
         return AttackResult(best, recorder.finish(best - images), extras)
 
-    def _propose(self, images: Tensor, best: Tensor, side: int, generator: torch.Generator) -> Tensor:
+    def _propose(self, images: Tensor, best: Tensor, side: int, random: SampleRandom) -> Tensor:
         """``best`` with one square window reset to clean + eps * s, s the first drawn sign pattern that
         changes the window (the paper's resampling loop, at most SIGN_DRAWS draws)."""
         height, width = images.shape[2:]
-        device = images.device
-        top = int(torch.randint(0, height - side + 1, (1,), generator=generator, device=device))
-        left = int(torch.randint(0, width - side + 1, (1,), generator=generator, device=device))
-        signs = self.eps * random_signs((SIGN_DRAWS, images.shape[1]), generator, device)
-        window = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
-        proposals = (images[window][:, None] + signs[None, :, :, None, None]).clamp(0, 1)
+        top = random.shared(partial(torch.randint, 0, height - side + 1), ())
+        left = random.shared(partial(torch.randint, 0, width - side + 1), ())
+        signs = self.eps * random_signs(random, (SIGN_DRAWS, images.shape[1]))
+        window = square_window(top, left, side, images)
+        proposals = (images[window][:, None] + signs[:, :, :, None, None]).clamp(0, 1)
         changed = ((proposals - best[window][:, None]).abs() > 1e-7).flatten(2).any(dim=2)
         first_change = changed.int().argmax(dim=1)
         candidates = best.clone()
-        candidates[window] = proposals[torch.arange(len(images), device=device), first_change]
+        candidates[window] = proposals[torch.arange(len(images), device=images.device), first_change]
         return candidates
 
     def _accept(

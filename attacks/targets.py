@@ -6,12 +6,13 @@ Targeted modes need an objective whose ``loss`` takes dense labels (classificati
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from attacks.base import Objective
+from attacks.base import Objective, SampleRandom
 
 TARGET_MODES = ("untargeted", "given", "least_likely", "random")
 
@@ -34,7 +35,7 @@ class TargetMode:
         """+1 when the attack ascends the loss (untargeted), -1 when it descends towards a goal."""
         return -1.0 if self.targeted else 1.0
 
-    def resolve(self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator) -> Any:
+    def resolve(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> Any:
         """The labels the attack's loss is taken against: the caller's target or the chosen goal."""
         if self.mode in ("untargeted", "given"):
             return target
@@ -44,7 +45,5 @@ class TargetMode:
         if self.mode == "least_likely":
             return logits.argmin(dim=1)
         true = objective.dense_target(outputs, target)
-        other = torch.randint(
-            0, logits.shape[1] - 1, true.shape, generator=generator, device=true.device, dtype=true.dtype
-        )
+        other = random.draw(partial(torch.randint, 0, logits.shape[1] - 1), true.shape[1:], dtype=true.dtype)
         return other + (other >= true).to(true.dtype)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult, Objective
+from attacks.base import Attack, AttackResult, Objective, SampleRandom
 
 
 class EnsembleObjective:
@@ -78,9 +78,9 @@ class TransferAttack(Attack):
         self.surrogate = surrogate
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
-        crafted = self.attack(self.surrogate, images, target)
+        crafted = self.attack(self.surrogate, images, target, ids=random.ids)
         trace = crafted.trace
         surrogate_queries = trace.queries
         trace.queries = torch.zeros_like(surrogate_queries)

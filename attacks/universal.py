@@ -17,6 +17,7 @@ from attacks.base import (
     Attack,
     AttackResult,
     Objective,
+    SampleRandom,
     TraceRecorder,
     check_positive,
     check_steps,
@@ -183,7 +184,7 @@ class UniversalPerturbation(Attack):
         return fooled / count
 
     def run(
-        self, objective: Objective, images: Tensor, target: Any, generator: torch.Generator
+        self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
         if self.perturbation is None:
             raise ValueError("UniversalPerturbation is not fitted: call fit(objective, loader) or load(path)")

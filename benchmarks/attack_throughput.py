@@ -3,7 +3,8 @@
 Measures the floor (one forward + input-backward), then PGD-10, FGSM, MI-FGSM, CW-L2 and DeepFool from
 ``attacks`` and, when installed (the optional ``peers`` extra), the same attacks from torchattacks and
 ART. Implementations of one attack are timed round-robin (warm-up first, then the median of repeats), so
-a load change on a shared machine hits all of them alike. Run: ``python -m benchmarks.attack_throughput``.
+a load change on a shared machine hits all of them alike. A separate table gives the speed-up of
+``early_stop`` on our gradient-loop attacks. Run: ``python -m benchmarks.attack_throughput``.
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ SETTINGS = {
     "deepfool": Setting("deepfool", steps=50),
 }
 
+EARLY_STOP = ("pgd10", "fgsm", "mi_fgsm")  # the settings run by our gradient loop, which takes early_stop
+
 Run = Callable[[Tensor, Tensor], Tensor]
 
 
-def our_attack(setting: Setting) -> Attack:
-    """Our attack for ``setting``. CW-L2 runs one search step at c = 1 with early abort (checked every
-    steps / 10), as torchattacks' CW does."""
+def our_attack(setting: Setting, early_stop: bool = False) -> Attack:
+    """Our attack for ``setting`` (``early_stop`` for the EARLY_STOP settings). CW-L2 runs one search step
+    at c = 1 with early abort (checked every steps / 10), as torchattacks' CW does."""
     builders: dict[str, Callable[[], Attack]] = {
-        "pgd10": lambda: PGD(eps=setting.eps, alpha=setting.alpha, steps=setting.steps),
-        "fgsm": lambda: FGSM(eps=setting.eps),
-        "mi_fgsm": lambda: MIFGSM(eps=setting.eps, alpha=setting.alpha, steps=setting.steps, decay=setting.decay),
+        "pgd10": lambda: PGD(eps=setting.eps, alpha=setting.alpha, steps=setting.steps, early_stop=early_stop),
+        "fgsm": lambda: FGSM(eps=setting.eps, early_stop=early_stop),
+        "mi_fgsm": lambda: MIFGSM(
+            eps=setting.eps, alpha=setting.alpha, steps=setting.steps, decay=setting.decay, early_stop=early_stop
+        ),
         "cw_l2": lambda: CWL2(initial_const=setting.const, binary_search_steps=1, steps=setting.steps, lr=setting.lr),
         "deepfool": lambda: DeepFool(steps=setting.steps, overshoot=setting.overshoot, candidates=setting.candidates),
     }
@@ -211,6 +216,31 @@ def ratio_notes(name: str, medians: dict[str, float]) -> dict[str, str]:
     return notes
 
 
+def early_stop_speedups(
+    objective: ClassificationObjective, images: Tensor, labels: Tensor, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Times each EARLY_STOP attack of ``args.attacks`` with and without ``early_stop`` (round-robin, as the
+    main table) and prints the speed-up, the fooled fractions and the mean steps taken with early stop."""
+    names = [name for name in args.attacks if name in EARLY_STOP]
+    if not names:
+        return {}
+    header = f"{'attack':<9} {'without':>8} {'with':>8} {'speed-up':>8} {'fooled without / with':>22} {'steps':>6}"
+    print("\nearly stop (ours; labels are the clean predictions, so every sample starts correct)")
+    print(header + "\n" + "-" * len(header))
+    model, device = objective.model, images.device
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        attacks = {"without": our_attack(SETTINGS[name]), "with": our_attack(SETTINGS[name], early_stop=True)}
+        runs = {key: lambda attack=attack: attack(objective, images, labels) for key, attack in attacks.items()}
+        medians, outputs = time_round_robin(runs, args.warmup, args.repeats, device, args.clock)
+        results[name] = medians
+        rates = " / ".join(f"{fooled(model, outputs[key], labels):.2f}" for key in attacks)
+        steps = outputs["with"].trace.iterations.float().mean().item()
+        without, with_stop = medians["without"], medians["with"]
+        print(f"{name:<9} {without:>8.3f} {with_stop:>8.3f} {without / with_stop:>7.2f}x {rates:>22} {steps:>6.1f}")
+    return results
+
+
 def available_peers(requested: Sequence[str]) -> list[str]:
     modules = {"torchattacks": "torchattacks", "art": "art"}
     found = [peer for peer in requested if importlib.util.find_spec(modules[peer]) is not None]
@@ -245,7 +275,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Run the benchmark, print the table and return {attack: {implementation: median seconds}}."""
+    """Run the benchmark, print the tables and return {attack: {implementation: median seconds}}, the
+    early-stop timings under "{attack} early_stop": {"without": ..., "with": ...}."""
     import timm
 
     args = parse_args(argv)
@@ -295,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
             print(
                 f"{name:<9} {steps:>4} {impl:<13} {seconds:>8.3f} {args.batch / seconds:>8.1f} {rate:>6}  {notes[impl]}"
             )
-    return results
+    speedups = early_stop_speedups(objective, images, labels, args)
+    return results | {f"{name} early_stop": medians for name, medians in speedups.items()}
 
 
 if __name__ == "__main__":

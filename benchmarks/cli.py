@@ -1,4 +1,9 @@
-"""The `medadv` command line: `train` fits one model from a YAML config, `run` runs the main job.
+"""The `medadv` command line.
+
+  medadv run [--config NAME|PATH] [--profile P]...   run a benchmark grid (resumable) and write its report
+  medadv results [--benchmark NAME] [--csv F] [--markdown F] [--merge DB ...]   print, export, merge results
+  medadv report [--benchmark NAME]                   write the HTML and Markdown report from the store
+  medadv train --config NAME|PATH                    fit one model from a train config
 
 Heavy libraries are imported inside the commands so that `medadv --help` starts fast.
 """
@@ -6,37 +11,71 @@ Heavy libraries are imported inside the commands so that `medadv --help` starts 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_TRAIN_CONFIGS = ("synthetic_fundus", "synthetic_lung_ct", "synthetic_endoscopy")
+SHARD_ENVIRONMENT = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
 
 
-def resolve_config(name_or_path: str, folder: str) -> Path:
-    """A config path as given, or the name of a shipped config under benchmarks/configs/<folder>/."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = CONFIG_DIR / folder / f"{name_or_path.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    available = ", ".join(sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml")))
-    raise FileNotFoundError(f"config {name_or_path!r} not found (shipped {folder} configs: {available})")
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``i/n`` from ``--shard``, else SLURM's array task id and count, else the whole grid (0/1)."""
+    if text is None:
+        index, count = (os.environ.get(name) for name in SHARD_ENVIRONMENT)
+        if index is None:
+            return 0, 1
+        if count is None:
+            raise ValueError("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT; pass --shard i/n")
+        text = f"{index}/{count}"
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    return index, count
+
+
+def devices(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medadv", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medadv", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a benchmark grid, store every cell, write the report")
+    run.add_argument("--config", default="default", help="benchmark YAML or the name of a shipped one")
+    run.add_argument("--profile", action="append", default=[], help="profile of the config to merge (repeatable)")
+    run.add_argument("--output", type=Path, default=Path("runs"), help="folder for the store, models, logs, reports")
+    run.add_argument("--store", type=Path, help="results database (default: OUTPUT/results.db)")
+    run.add_argument("--shard", help="run shard i of n (i/n); default from SLURM_ARRAY_TASK_ID/COUNT")
+    run.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
+    run.add_argument("--devices", type=devices, default=1, help="devices per node for DDP evaluation")
+    run.add_argument("--num-nodes", type=int, default=1, help="nodes for DDP evaluation")
+    run.add_argument("--strategy", default="auto", help="Lightning strategy (ddp for several devices)")
+    run.add_argument("--wandb", action="store_true", help="also log every cell to W&B (offline without a key)")
+    run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+    results = commands.add_parser("results", help="print and export stored results; merge shard stores")
+    results.add_argument("--store", type=Path, default=Path("runs/results.db"), help="results database")
+    results.add_argument("--benchmark", help="only this benchmark's cells")
+    results.add_argument("--csv", type=Path, help="write the table as CSV")
+    results.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    results.add_argument("--merge", type=Path, nargs="+", default=[], help="first copy these stores' done cells in")
+
+    report = commands.add_parser("report", help="write the HTML and Markdown report of a benchmark")
+    report.add_argument("--store", type=Path, default=Path("runs/results.db"), help="results database")
+    report.add_argument("--benchmark", default="default", help="benchmark name")
+    report.add_argument("--output", type=Path, help="report folder (default: next to the store, per benchmark)")
 
     train = commands.add_parser("train", help="fit one model from a YAML config and save its checkpoint")
     train.add_argument("--config", required=True, help="YAML file or name of a shipped train config")
     train.add_argument("--output", default="runs/train", help="folder for checkpoints and logs")
     train.epilog = "Further arguments are LightningCLI overrides, e.g. --trainer.max_epochs 3."
-
-    run = commands.add_parser("run", help="the main job: train the default models and print clean metrics")
-    run.add_argument("--output", default="runs", help="folder for checkpoints and logs")
     return parser
 
 
@@ -45,19 +84,111 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if overrides and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    try:
+        return COMMANDS[args.command](args, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"medadv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
+    from benchmarks.grid import load_benchmark, resolve_config
+    from benchmarks.runner import BenchmarkRunner, RunOptions
+
+    quiet_lightning()
+    shard = parse_shard(args.shard)
+    benchmark = load_benchmark(resolve_config(args.config), args.profile)
+    options = RunOptions(
+        output=args.output, store=args.store, accelerator=args.accelerator, devices=args.devices,
+        num_nodes=args.num_nodes, strategy=args.strategy, shard=shard, wandb=args.wandb,
+    )
+    runner = BenchmarkRunner(benchmark, options)
+    summary = runner.run()
+    if not runner.writer:
+        return 0
+    print(f"{benchmark.name}: {summary.done} cells run, {summary.skipped} already done, "
+          f"{len(summary.failed)} failed of {summary.cells} in {summary.seconds:.0f} s")
+    for failure in summary.failed:
+        print(f"  failed: {failure}", file=sys.stderr)
+    print_results(options.store_path, benchmark.name)
+    if not args.no_report:
+        write_report(options.store_path, benchmark.name, args.output / benchmark.name)
+    return 1 if summary.failed else 0
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's per-trainer info lines (devices, tips) out of the progress display, and its advice
+    to sync epoch-level logs under DDP: the evaluation callbacks log values their metrics already reduced."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+
+
+def results_command(args: argparse.Namespace, _: Sequence[str]) -> int:
+    from benchmarks.store import ResultsStore
+
+    if args.merge:
+        with ResultsStore(args.store) as store:
+            copied = store.merge(args.merge)
+        print(f"merged {copied} cells from {len(args.merge)} stores into {args.store}")
+    elif not args.store.is_file():
+        raise FileNotFoundError(f"results store {args.store} does not exist (run `medadv run` first)")
+    print_results(args.store, args.benchmark, args.csv, args.markdown)
+    return 0
+
+
+def report_command(args: argparse.Namespace, _: Sequence[str]) -> int:
+    if not args.store.is_file():
+        raise FileNotFoundError(f"results store {args.store} does not exist (run `medadv run` first)")
+    write_report(args.store, args.benchmark, args.output or args.store.parent / args.benchmark)
+    return 0
+
+
+def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from benchmarks.grid import resolve_config
     from benchmarks.training import print_metrics, train_from_config
 
-    if args.command == "train":
-        result = train_from_config(resolve_config(args.config, "train"), Path(args.output), overrides)
-        print_metrics({result.name: result.metrics})
-        print(f"checkpoint: {result.checkpoint}")
-        return 0
-    results = {}
-    for name in DEFAULT_TRAIN_CONFIGS:
-        result = train_from_config(resolve_config(name, "train"), Path(args.output) / "train", [])
-        results[result.name] = result.metrics
-    print_metrics(results)
+    result = train_from_config(resolve_config(args.config, "train"), Path(args.output), overrides)
+    print_metrics({result.name: result.metrics})
+    print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def print_results(store_path: Path, benchmark: str | None, csv: Path | None = None,
+                  markdown: Path | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks.store import ResultsStore
+    from benchmarks.tables import entry_text, export_csv, export_markdown, results_table
+
+    with ResultsStore(store_path) as store:
+        records = store.records(benchmark)
+    listing = results_table(records)
+    shown = Table(title=f"{listing.title}: {benchmark or 'all benchmarks'} ({len(records)} cells)")
+    for column in listing.header:
+        shown.add_column(column)
+    for row in listing.rows:
+        shown.add_row(*map(entry_text, row))
+    Console(width=160).print(shown)
+    if csv:
+        export_csv(records, csv)
+        print(f"wrote {csv}")
+    if markdown:
+        export_markdown(records, markdown)
+        print(f"wrote {markdown}")
+
+
+def write_report(store_path: Path, benchmark: str, folder: Path) -> None:
+    from benchmarks.report import write_report as write
+    from benchmarks.store import ResultsStore
+
+    with ResultsStore(store_path) as store:
+        html, markdown = write(store, benchmark, folder)
+    print(f"report: {html} and {markdown}")
+
+
+COMMANDS = {"run": run_command, "results": results_command, "report": report_command, "train": train_command}
 
 
 if __name__ == "__main__":

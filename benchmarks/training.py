@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +24,29 @@ class TrainResult:
 
 def build_cli(config: Path, output: Path, overrides: Sequence[str] = ()) -> LightningCLI:
     """Parse a config (``model``/``data`` as class_path + init_args, ``trainer``) without running it."""
-    return LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=["--config", str(config), *overrides],
-        run=False,
-        save_config_callback=None,
-        seed_everything_default=0,
-        trainer_defaults={
-            "default_root_dir": str(output),
-            "accelerator": "cpu",
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(output), "name": config.stem},
+    with warnings.catch_warnings():  # the `medadv` command's own sys.argv is not meant for this parser
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        return LightningCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=["--config", str(config), *overrides],
+            run=False,
+            save_config_callback=None,
+            seed_everything_default=0,
+            trainer_defaults={
+                "default_root_dir": str(output),
+                "accelerator": "auto",
+                "enable_checkpointing": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(output), "name": config.stem},
+                },
             },
-        },
-    )
+        )
 
 
 def train_from_config(config: Path, output: Path, overrides: Sequence[str] = ()) -> TrainResult:

@@ -13,7 +13,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from attacks.base import Attack, check_positive, check_steps, frozen_model
@@ -33,6 +32,7 @@ from callbacks.detector_features import (
     evaluate_detectors,
     kernel_density,
 )
+from callbacks.fit_data import fit_dataloader
 
 DEFAULT_MAX_TRAIN_SAMPLES = 2000
 
@@ -212,18 +212,11 @@ class AdversarialDetectionEvaluation(pl.Callback):
 
     def _training_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
         """Penultimate features and labels of up to ``max_train_samples`` training images (for KD)."""
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            raise ValueError("detector 'kd' needs trainer.test(datamodule=...) with a train_dataloader()")
-        if getattr(datamodule, "augment", False):
-            rank_zero_warn(
-                "KD reads training features from the datamodule's train_dataloader(), which augments; "
-                "build the datamodule with augment=False for un-augmented features"
-            )
+        loader = fit_dataloader(trainer.datamodule, "detector 'kd'")
         features: list[Tensor] = []
         labels: list[Tensor] = []
         count, num_classes = 0, 0
-        for batch in datamodule.train_dataloader():
+        for batch in loader:
             images = batch["image"][: self.max_train_samples - count].to(pl_module.device)
             views = model_views(pl_module, images)
             features.append(views.features)
@@ -232,7 +225,7 @@ class AdversarialDetectionEvaluation(pl.Callback):
             if count >= self.max_train_samples:
                 break
         if not features:
-            raise ValueError(f"{type(datamodule).__name__}.train_dataloader() yielded no batches for KD")
+            raise ValueError(f"{type(trainer.datamodule).__name__}: its training loader yielded no batches for KD")
         train_labels = torch.cat(labels)
         missing = sorted(set(range(num_classes)) - set(train_labels.tolist()))
         if missing:

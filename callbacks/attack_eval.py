@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from attacks.base import Attack, AttackResult
 from callbacks.examples import Example, examples_of
+from callbacks.fit_data import fit_dataloader
 from callbacks.metrics import PerturbationStatistics
 from callbacks.quality import AdversarialImageQuality, BRISQUEScore
 from callbacks.task_scores import TaskScores, task_scores
@@ -24,13 +25,15 @@ AttackFactory = Callable[[float | None], Attack]
 
 
 def budget_label(budget: float | None) -> str:
-    """``8_255`` for multiples of 1/255 (one grey level), else the compact decimal; ``min`` for
-    minimal-perturbation attacks (no budget). Used in metric names."""
+    """A budget in metric names: a short decimal as is (``0.05``), else grey levels when it is a multiple
+    of 0.1/255 (``8_255``, ``0.2_255``), else the compact decimal; ``min`` for minimal-norm attacks."""
     if budget is None:
         return "min"
-    levels = budget * 255
-    if abs(levels - round(levels)) < 1e-6:
-        return f"{round(levels)}_255"
+    if abs(budget - round(budget, 4)) < 1e-12:
+        return f"{budget:g}"
+    tenths = budget * 2550
+    if abs(tenths - round(tenths)) < 1e-6:
+        return f"{round(tenths) / 10:g}_255"
     return f"{budget:g}"
 
 
@@ -121,13 +124,14 @@ class AdversarialEvaluation(pl.Callback):
         self.examples = examples
         self.with_brisque = brisque
         self.example_rows: list[Example] = []
+        self.last_examples: list[Example] = []
         self.results: dict[str, float] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "test":
             return
         self.scores = nn.ModuleDict(
-            {"clean": task_scores(pl_module)}
+            {"clean": task_scores(pl_module, attacked=False)}
             | {metric_slot(key): task_scores(pl_module) for key in self.attacks}
         ).to(pl_module.device)
         self.perturbation = nn.ModuleDict(
@@ -143,11 +147,10 @@ class AdversarialEvaluation(pl.Callback):
         fittable = [attack for attack in self.attacks.values() if hasattr(attack, "fit")]
         if not fittable:
             return
-        if trainer.datamodule is None:
-            raise ValueError("universal attacks need trainer.test(..., datamodule=...) to fit on its train split")
+        loader = fit_dataloader(trainer.datamodule, "universal attacks")
         with torch.inference_mode(False), torch.enable_grad():
             for attack in fittable:
-                attack.fit(pl_module.objective(), trainer.datamodule.train_dataloader())
+                attack.fit(pl_module.objective(), loader)
 
     def on_test_batch_end(
         self,
@@ -171,7 +174,7 @@ class AdversarialEvaluation(pl.Callback):
                 self.clean_brisque.update(images)
             for key, attack in self.attacks.items():
                 start = time.perf_counter()
-                result: AttackResult = attack(objective, images, target)
+                result: AttackResult = attack(objective, images, target, ids=batch["id"])
                 seconds = time.perf_counter() - start
                 with torch.no_grad():
                     adv_outputs = objective.forward(result.adv_images)
@@ -209,7 +212,7 @@ class AdversarialEvaluation(pl.Callback):
             for logger in wandb_loggers(trainer.loggers):
                 log_run_config(logger, {"attacks": self.settings()})
                 log_examples(logger, self.example_rows)
-        self.example_rows = []
+        self.last_examples, self.example_rows = self.example_rows, []
 
     def settings(self) -> dict[str, Any]:
         """Each attack's name, class and constructor settings per budget, for run configs."""

@@ -39,10 +39,10 @@ class TaskScores(nn.Module):
 class ClassificationTaskScores(TaskScores):
     headline = ("accuracy", "auc")
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, attacked: bool = True) -> None:
         super().__init__()
         self.scores = ClassificationScores(num_classes)
-        self.success = AttackSuccess()
+        self.success = AttackSuccess() if attacked else None
 
     def update_scores(self, objective: Any, outputs: Any, target: Tensor) -> None:
         self.scores.update(objective.logits(outputs), target)
@@ -51,8 +51,10 @@ class ClassificationTaskScores(TaskScores):
         self.success.update(objective.predict(clean), objective.predict(adversarial), target, goal)
 
     def compute_scores(self) -> dict[str, Tensor]:
+        """Scores, plus success rates for an attacked stream. Which metrics compute (and so sync under
+        DDP) is fixed at construction, never read from this rank's local states."""
         scores = self.scores.compute()
-        if self.success.clean_correct > 0:
+        if self.success is not None:
             scores |= self.success.compute()
         return scores
 
@@ -93,11 +95,11 @@ class DetectionTaskScores(TaskScores):
         }
 
 
-def task_scores(module: pl.LightningModule) -> TaskScores:
-    """The score set for the module's task (``module.task``)."""
+def task_scores(module: pl.LightningModule, attacked: bool = True) -> TaskScores:
+    """The score set for the module's task (``module.task``); ``attacked`` streams also score success."""
     task = getattr(module, "task", None)
     if task == "classification":
-        return ClassificationTaskScores(module.hparams.num_classes)
+        return ClassificationTaskScores(module.hparams.num_classes, attacked)
     if task == "segmentation":
         return SegmentationTaskScores()
     if task == "detection":

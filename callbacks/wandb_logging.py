@@ -47,18 +47,21 @@ def make_wandb_logger(
     project: str = "medadvbench",
     save_dir: str | Path = ".",
     offline: bool | None = None,
+    group: str | None = None,
+    config: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> WandbLogger:
-    """A WandbLogger for one evaluation run; offline (sync later with ``wandb sync``) without an API key."""
+    """A WandbLogger for one evaluation run; offline (sync later with ``wandb sync``) without an API key.
+    ``group`` replaces the dataset as group (a benchmark groups its cells); ``config`` adds run config keys."""
     metadata = run_metadata(module, datamodule, attack_names)
     return WandbLogger(
         project=project,
         save_dir=str(save_dir),
         offline=not has_api_key() if offline is None else offline,
-        group=metadata["group"],
+        group=group or metadata["group"],
         job_type=metadata["job_type"],
         tags=metadata["tags"],
-        config=metadata["config"],
+        config=metadata["config"] | dict(config or {}),
         **kwargs,
     )
 

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from datamodules.pipeline import TASKS, Example, Pipeline, build_augmentation
 from datamodules.splits import SPLITS, check_fractions
 
+PLAIN_TRAIN = "train, un-augmented"
+
 Batch = dict[str, Any]
 
 
@@ -103,6 +105,7 @@ class MedicalDataModule(pl.LightningDataModule):
         self.rotate_limit = rotate_limit
         self.shift_limit = shift_limit
         self.datasets: dict[str, ExampleDataset] = {}
+        self.plain_train: ExampleDataset | None = None
 
     def build_splits(self) -> dict[str, Sequence[Any]]:
         """The records of each split ("train", "val", "test"), deterministic from ``seed``."""
@@ -126,6 +129,8 @@ class MedicalDataModule(pl.LightningDataModule):
                 )
             pipeline = Pipeline(self.image_size, self.in_channels, augmentation)
             self.datasets[split] = ExampleDataset(splits[split], self.load_example, pipeline)
+        plain = Pipeline(self.image_size, self.in_channels, None)
+        self.plain_train = ExampleDataset(splits["train"], self.load_example, plain)
 
     def _evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
         """Under DDP, each process's share of an evaluation split without the padding repeats that a
@@ -137,15 +142,17 @@ class MedicalDataModule(pl.LightningDataModule):
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, distributed: bool = True) -> DataLoader:
         if not self.datasets:
             self.setup()
-        sampler = None if shuffle else self._evaluation_sampler(self.datasets[split])
+        dataset = self.plain_train if split == PLAIN_TRAIN else self.datasets[split]
+        sampler = None if shuffle or not distributed else self._evaluation_sampler(dataset)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
+            drop_last=shuffle and len(dataset) > self.batch_size,  # a batch of 1 breaks BatchNorm
             num_workers=self.num_workers,
             collate_fn=collate,
             generator=torch.Generator().manual_seed(self.seed),
@@ -155,6 +162,11 @@ class MedicalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
+
+    def fit_dataloader(self) -> DataLoader:
+        """The training split in order and without augmentation, whole on every DDP rank: what
+        data-dependent attacks (universal perturbations) and detectors (KD) fit on."""
+        return self._loader(PLAIN_TRAIN, shuffle=False, distributed=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

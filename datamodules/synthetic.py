@@ -21,6 +21,9 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+REFERABLE_GRADE = 2  # moderate DR or worse: the usual two-class (referable) DR screening task
+REFERABLE_CLASSES = ("non-referable", "referable")
+
 class SyntheticDataModule(MedicalDataModule):
     """Base of the phantom datamodules: renders ``num_samples`` examples once, at setup.
 
@@ -47,7 +50,8 @@ class SyntheticDataModule(MedicalDataModule):
 
 
 class SyntheticFundusDataModule(SyntheticDataModule):
-    """Synthetic fundus photographs graded 0-4 by their lesions (grade = index mod 5, so balanced)."""
+    """Synthetic fundus photographs graded 0-4 by their lesions (grade = index mod 5, so balanced).
+    ``referable=True`` labels them two-class instead: referable DR (grade >= 2) or not."""
 
     task = "classification"
     num_classes = len(DR_GRADES)
@@ -67,7 +71,11 @@ class SyntheticFundusDataModule(SyntheticDataModule):
         flip_p: float = 0.5,
         rotate_limit: float = 10.0,
         shift_limit: float = 0.05,
+        referable: bool = False,
     ) -> None:
+        self.referable = referable
+        if referable:
+            self.num_classes, self.class_names = len(REFERABLE_CLASSES), REFERABLE_CLASSES
         super().__init__(
             num_samples,
             size,
@@ -86,7 +94,8 @@ class SyntheticFundusDataModule(SyntheticDataModule):
     def render(self, index: int, rng: np.random.Generator) -> Example:
         grade = index % len(DR_GRADES)
         phantom = render_fundus(grade, self.image_size, rng)
-        return Example(phantom.image, grade, f"synthetic-fundus/{self.seed}/{index}")
+        label = int(grade >= REFERABLE_GRADE) if self.referable else grade
+        return Example(phantom.image, label, f"synthetic-fundus/{self.seed}/{index}")
 
 
 class SyntheticLungCTDataModule(SyntheticDataModule):

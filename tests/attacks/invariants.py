@@ -1,5 +1,5 @@
 """The rules every attack keeps, as reusable assertions (range, budget, input and model unchanged,
-determinism, batch independence)."""
+determinism, batch independence, with sample ids also for random attacks)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,20 @@ def assert_invariants(
     for name, m in objective.model.named_modules():
         m.training = modes[name]
     return result
+
+
+def assert_independent_with_ids(attack: Attack, objective: Any, images: Tensor, target: Tensor) -> None:
+    """Given sample ids, each of 4 samples gets the same result alone, in the batch and in the reversed batch,
+    and a repeated call gives the same results (every random draw is per sample, seeded from its id)."""
+    ids = [f"case-{i}" for i in range(4)]
+    images, target = images[:4], target[:4]
+    batch = attack(objective, images, target, ids=ids).adv_images
+    assert torch.equal(attack(objective, images, target, ids=ids).adv_images, batch), "not deterministic"
+    reversed_batch = attack(objective, images.flip(0), target.flip(0), ids=ids[::-1]).adv_images
+    assert torch.allclose(reversed_batch.flip(0), batch, rtol=0, atol=TOLERANCE), "result depends on batch order"
+    for i in range(4):
+        alone = attack(objective, images[i : i + 1], slice_target(target, i), ids=ids[i : i + 1]).adv_images
+        assert torch.allclose(alone, batch[i : i + 1], rtol=0, atol=TOLERANCE), f"sample {i} differs alone"
 
 
 def accuracy(objective: Any, images: Tensor, target: Tensor) -> float:

@@ -66,9 +66,9 @@ class RecordingAPGD(APGD):
     """APGD that keeps the per-sample loss of every iterate it evaluates."""
 
     def loss_gradient(self, objective, adv, images, target, step):
-        gradient, loss = super().loss_gradient(objective, adv, images, target, step)
+        gradient, loss, outputs = super().loss_gradient(objective, adv, images, target, step)
         self.losses.append(loss)
-        return gradient, loss
+        return gradient, loss, outputs
 
 
 def test_returns_highest_loss_iterate(toy_classifier, toy_batch):

@@ -11,7 +11,7 @@ from attacks.one_pixel import OnePixelAttack, paint_pixels
 from attacks.square import SquareAttack, p_schedule, square_side
 from attacks.transfer import EnsembleObjective, TransferAttack
 from lightning_modules.objectives import ClassificationObjective
-from tests.attacks.invariants import assert_invariants, model_state
+from tests.attacks.invariants import assert_independent_with_ids, assert_invariants, model_state
 from tests.attacks.toys import blob_images, small_cnn, train
 
 EPS = 8 / 255
@@ -199,6 +199,24 @@ def test_one_pixel_chunk_size_does_not_change_the_result(toy_classifier, toy_bat
     assert torch.equal(whole.trace.queries, chunked.trace.queries)
 
 
+SCORE_BASED = {
+    "square": SquareAttack(eps=EPS, max_queries=60, p_init=0.3),
+    "square_random_goal": SquareAttack(eps=EPS, max_queries=30, target_mode="random"),
+    "one_pixel": OnePixelAttack(pixels=2, population=8, iterations=4),
+    "one_pixel_random_goal": OnePixelAttack(population=8, iterations=4, target_mode="random"),
+}
+
+
+@pytest.mark.parametrize("case", SCORE_BASED, ids=list(SCORE_BASED))
+def test_sample_ids_give_each_sample_its_own_draws(case, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    attack = SCORE_BASED[case]
+    assert_independent_with_ids(attack, toy_classifier, images, labels)
+    # with ids, proposals are no longer shared: the same image under two ids is attacked differently
+    twins = attack(toy_classifier, images[:1].expand(2, -1, -1, -1), labels[:1].expand(2), ids=["a", "b"])
+    assert not torch.equal(twins.adv_images[0], twins.adv_images[1])
+
+
 @pytest.mark.parametrize(
     "attack", [SquareAttack(eps=EPS, max_queries=5), OnePixelAttack(population=4, iterations=1)]
 )
@@ -250,6 +268,16 @@ def test_transfer_crafts_on_the_surrogate_only(toy_classifier, second_classifier
     transfer = TransferAttack(attack, surrogate=toy_classifier)
     assert torch.equal(transfer(second_classifier, images, labels).adv_images, crafted)
     assert torch.equal(transfer(toy_classifier, images, labels).adv_images, crafted)
+
+
+def test_transfer_passes_sample_ids_to_the_crafting_attack(toy_classifier, second_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    ids = [str(i) for i in range(len(images))]
+    attack = PGD(eps=EPS, steps=3)
+    crafted = attack(toy_classifier, images, labels, ids=ids).adv_images
+    transferred = TransferAttack(attack, surrogate=toy_classifier)(second_classifier, images, labels, ids=ids)
+    assert torch.equal(transferred.adv_images, crafted)
+    assert not torch.equal(crafted, attack(toy_classifier, images, labels).adv_images)
 
 
 def test_transfer_lowers_an_independent_classifier_more_than_noise(

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from attacks.base import SampleRandom
 from attacks.dense import DenseAdversaryGeneration, adversarial_class_maps
 from attacks.smia import SMIA
 from lightning_modules.detector import DetectorModule
-from tests.attacks.invariants import assert_invariants
+from tests.attacks.invariants import assert_independent_with_ids, assert_invariants
 
 
 def correct_fraction(objective, images: Tensor, target: Tensor) -> float:
@@ -18,13 +19,12 @@ def correct_fraction(objective, images: Tensor, target: Tensor) -> float:
 
 
 def test_class_maps_never_keep_a_class() -> None:
-    generator = torch.Generator().manual_seed(0)
-    maps = adversarial_class_maps(64, 5, "permutation", generator, torch.device("cpu"))
+    maps = adversarial_class_maps(5, "permutation", SampleRandom(0, 64))
     classes = torch.arange(5)
     assert (maps != classes).all()
     assert (maps.sort(dim=1).values == classes).all(), "adversarial labels of distinct classes must differ"
     assert len({tuple(row) for row in maps.tolist()}) > 1
-    nxt = adversarial_class_maps(3, 4, "next", generator, torch.device("cpu"))
+    nxt = adversarial_class_maps(4, "next", SampleRandom(0, 3))
     assert nxt.tolist() == [[1, 2, 3, 0]] * 3
 
 
@@ -50,6 +50,7 @@ def test_random_label_permutation_is_seeded(toy_segmenter, toy_batch) -> None:
     assert_invariants(
         attack, toy_segmenter, images[:4], masks[:4], norm=None, eps=None, batch_independent=False
     )
+    assert_independent_with_ids(attack, toy_segmenter, images, masks)
 
 
 def test_first_step_has_linf_gamma(toy_segmenter, toy_batch) -> None:

@@ -1,14 +1,17 @@
-"""The gradient family (FGSM, BIM, PGD, MI-FGSM, TI-*), its norms, targeted modes and Gaussian kernel."""
+"""The gradient family (FGSM, BIM, PGD, MI-FGSM, TI-*), its norms, targeted modes, Gaussian kernel, early stop
+and per-sample randomness from sample ids."""
 
 import pytest
 import torch
 
-from attacks.base import input_gradient
+from attacks.base import SampleRandom, input_gradient
+from attacks.cw import CWLinf
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, GradientAttack
 from attacks.kernels import GaussianBlur, gaussian_kernel
 from attacks.norms import L2, Linf, norm_by_name
+from attacks.smia import SMIA
 from attacks.targets import TargetMode
-from tests.attacks.invariants import accuracy, assert_invariants
+from tests.attacks.invariants import accuracy, assert_independent_with_ids, assert_invariants
 
 EPS = 8 / 255
 
@@ -159,7 +162,7 @@ def test_targeted_modes_reach_their_goals(mode, toy_classifier, toy_batch):
     images, labels, _ = toy_batch
     attack = PGD(eps=EPS, steps=10, target_mode=mode)
     target = (labels + 1) % 4 if mode == "given" else labels
-    goal = attack.targets.resolve(toy_classifier, images, target, torch.Generator().manual_seed(attack.seed))
+    goal = attack.targets.resolve(toy_classifier, images, target, SampleRandom(attack.seed, len(images)))
     assert (goal != labels).all()
     adv = attack(toy_classifier, images, target).adv_images
     assert accuracy(toy_classifier, adv, goal) >= 0.9
@@ -168,7 +171,7 @@ def test_targeted_modes_reach_their_goals(mode, toy_classifier, toy_batch):
 def test_targeted_segmentation_moves_pixels_to_goal(toy_segmenter, toy_batch):
     images, _, masks = toy_batch
     attack = PGD(eps=EPS, steps=10, target_mode="least_likely")
-    goal = attack.targets.resolve(toy_segmenter, images, masks, torch.Generator())
+    goal = attack.targets.resolve(toy_segmenter, images, masks, SampleRandom(0, len(images)))
     assert goal.shape == masks.shape
     adv = attack(toy_segmenter, images, masks).adv_images
     assert accuracy(toy_segmenter, adv, goal) > accuracy(toy_segmenter, images, goal) + 0.02
@@ -181,13 +184,13 @@ def test_targeted_segmentation_moves_pixels_to_goal(toy_segmenter, toy_batch):
 def test_target_modes_choose_from_logits(toy_classifier, toy_batch):
     images, labels, _ = toy_batch
     logits = toy_classifier.forward(images).detach()
-    generator = torch.Generator().manual_seed(0)
-    least = TargetMode("least_likely").resolve(toy_classifier, images, labels, generator)
+    random = SampleRandom(0, len(images))
+    least = TargetMode("least_likely").resolve(toy_classifier, images, labels, random)
     assert torch.equal(least, logits.argmin(dim=1))
-    draws = torch.stack([TargetMode("random").resolve(toy_classifier, images, labels, generator) for _ in range(50)])
+    draws = torch.stack([TargetMode("random").resolve(toy_classifier, images, labels, random) for _ in range(50)])
     assert (draws != labels).all()
     assert all(set(draws[:, i].tolist()) == set(range(4)) - {labels[i].item()} for i in range(len(labels)))
-    assert TargetMode("given").resolve(toy_classifier, images, labels, generator) is labels
+    assert TargetMode("given").resolve(toy_classifier, images, labels, random) is labels
     assert TargetMode().sign == 1.0 and TargetMode("random").sign == -1.0
 
 
@@ -203,10 +206,108 @@ def test_bim_trace(toy_classifier, toy_batch):
     assert (trace.iterations == steps).all() and (trace.queries == 0).all()
 
 
+# (attack, norm, eps, batch independent without ids): early stop on the classifier
+EARLY_STOP = {
+    "pgd": (PGD(eps=EPS, steps=10, early_stop=True), "linf", EPS, False),
+    "pgd_fixed_start": (PGD(eps=EPS, steps=10, random_start=False, early_stop=True), "linf", EPS, True),
+    "fgsm_l2": (FGSM(eps=0.5, norm="l2", early_stop=True), "l2", 0.5, True),
+    "mi_fgsm": (MIFGSM(eps=EPS, steps=10, early_stop=True), "linf", EPS, True),
+    "ti_bim": (TIBIM(eps=EPS, steps=5, kernel_size=5, early_stop=True), "linf", EPS, True),
+    "pgd_random_goal": (PGD(eps=EPS, steps=10, target_mode="random", early_stop=True), "linf", EPS, False),
+    "cw_linf": (CWLinf(eps=EPS, steps=10, early_stop=True), "linf", EPS, False),
+    "smia": (SMIA(eps=EPS, steps=10, early_stop=True), "linf", EPS, True),
+}
+
+
+class CountingObjective:
+    """A classification objective that records the batch size of every forward pass."""
+
+    def __init__(self, objective):
+        self.objective, self.model, self.sizes = objective, objective.model, []
+
+    def forward(self, images):
+        self.sizes.append(len(images))
+        return self.objective.forward(images)
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+
+@pytest.mark.parametrize("case", EARLY_STOP, ids=list(EARLY_STOP))
+def test_early_stop_invariants(case, toy_classifier, toy_batch):
+    attack, norm, eps, independent = EARLY_STOP[case]
+    images, labels, _ = toy_batch
+    assert_invariants(attack, toy_classifier, images, labels, norm, eps, batch_independent=independent)
+    assert_independent_with_ids(attack, toy_classifier, images, labels)
+
+
+@pytest.mark.parametrize("mode", ["untargeted", "given"])
+def test_early_stop_returns_samples_fooled_from_the_start_unchanged(mode, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    target = labels.clone()
+    if mode == "untargeted":
+        target[:4] = (labels[:4] + 1) % 4  # the model's correct answer is already "wrong" for these
+    else:
+        target[4:] = (labels[4:] + 1) % 4  # the first four already sit at their goal
+    result = PGD(eps=EPS, steps=10, target_mode=mode, early_stop=True)(toy_classifier, images, target)
+    assert torch.equal(result.adv_images[:4], images[:4])
+    assert (result.trace.iterations[:4] == 0).all() and (result.trace.iterations[4:] > 0).all()
+
+
+@pytest.mark.parametrize("attack_class", [PGD, MIFGSM], ids=["pgd", "mi_fgsm"])
+def test_early_stop_keeps_fooled_samples_fooled(attack_class, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    steps, eps = 10, 6 / 255  # a budget that fools about half of the toy batch
+    early = attack_class(eps=eps, steps=steps, early_stop=True)(toy_classifier, images, labels)
+    full = attack_class(eps=eps, steps=steps)(toy_classifier, images, labels).adv_images
+    stopped = early.trace.iterations < steps
+    assert stopped.any() and not stopped.all()
+    with torch.no_grad():
+        predicted = toy_classifier.predict(toy_classifier.forward(early.adv_images))
+    assert (predicted[stopped] != labels[stopped]).all()
+    assert accuracy(toy_classifier, early.adv_images, labels) <= accuracy(toy_classifier, full, labels) + 1 / 32
+
+
+@pytest.mark.parametrize("attack_class", [PGD, BIM], ids=["random_start", "clean_start"])
+def test_early_stop_forwards_only_the_active_samples(attack_class, toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    steps = 10
+    counting = CountingObjective(toy_classifier)
+    iterations = attack_class(eps=EPS, steps=steps, early_stop=True)(counting, images, labels).trace.iterations
+    # only a random start needs a clean check of its own; from the clean images the first step is the check
+    step_sizes = counting.sizes[1:] if attack_class is PGD else counting.sizes
+    assert len(step_sizes) <= steps and step_sizes[0] == len(images)
+    assert step_sizes == sorted(step_sizes, reverse=True) and step_sizes[-1] < len(images)
+    # a sample stopped after k updates was forwarded k + 1 times: its k steps and the check that caught it
+    assert sum(step_sizes) == (iterations + 1).clamp(max=steps).sum().item()
+
+
+@pytest.mark.parametrize("attack_class", [PGD, BIM], ids=["random_start", "clean_start"])
+def test_early_stop_refuses_dense_objectives(attack_class, toy_segmenter, toy_batch):
+    images, _, masks = toy_batch
+    with pytest.raises(ValueError, match="early_stop"):
+        attack_class(eps=EPS, steps=2, early_stop=True)(toy_segmenter, images[:2], masks[:2])
+
+
+IDS_CASES = {
+    "pgd": PGD(eps=EPS, steps=5),
+    "pgd_l2": PGD(eps=0.5, steps=5, norm="l2"),
+    "pgd_random_goal": PGD(eps=EPS, steps=5, random_start=False, target_mode="random"),
+}
+
+
+@pytest.mark.parametrize("objective_name", ["toy_classifier", "toy_segmenter"])
+@pytest.mark.parametrize("case", IDS_CASES, ids=list(IDS_CASES))
+def test_sample_ids_make_random_attacks_batch_independent(case, objective_name, request, toy_batch):
+    images, labels, masks = toy_batch
+    target = labels if objective_name == "toy_classifier" else masks
+    assert_independent_with_ids(IDS_CASES[case], request.getfixturevalue(objective_name), images, target)
+
+
 def test_linf_norm_strategy():
-    norm, generator = Linf(), torch.Generator().manual_seed(0)
+    norm = Linf()
     images = torch.rand(64, 3, 8, 8)
-    start = norm.random_start(images, 0.1, generator)
+    start = norm.random_start(images, 0.1, SampleRandom(0, len(images)))
     assert start.abs().max() <= 0.1 and start.abs().max() > 0.09
     assert abs(start.mean().item()) < 0.005
     delta = torch.randn(4, 3, 8, 8)
@@ -216,8 +317,8 @@ def test_linf_norm_strategy():
 
 
 def test_l2_norm_strategy():
-    norm, generator = L2(), torch.Generator().manual_seed(0)
-    start = norm.random_start(torch.rand(256, 1, 4, 4), 0.5, generator)
+    norm = L2()
+    start = norm.random_start(torch.rand(256, 1, 4, 4), 0.5, SampleRandom(0, 256))
     sizes = norm.size(start)
     assert (sizes <= 0.5 + 1e-6).all()
     # uniform in a 16-dimensional ball: P(radius < r) = (r / eps)^16, so most points sit near the surface

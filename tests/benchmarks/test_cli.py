@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.cli import CONFIG_DIR, DEFAULT_TRAIN_CONFIGS, main, resolve_config
+from benchmarks.cli import main
+from benchmarks.grid import CONFIG_DIR, resolve_config
 from lightning_modules.classifier import ClassifierModule
 
 
 def test_shipped_configs_resolve_by_name():
-    for name in DEFAULT_TRAIN_CONFIGS + ("retinamnist", "cxr_lung", "ead2019"):
+    for name in ("synthetic_fundus", "synthetic_lung_ct", "synthetic_endoscopy", "retinamnist", "cxr_lung", "ead2019"):
         assert resolve_config(name, "train") == CONFIG_DIR / "train" / f"{name}.yaml"
 
 
@@ -24,7 +25,8 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    assert "train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("run", "results", "report", "train"))
 
 
 @pytest.mark.slow

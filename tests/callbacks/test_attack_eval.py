@@ -32,7 +32,8 @@ def evaluate(module, datamodule, callback, **trainer_args) -> dict[str, float]:
 
 def test_budget_labels_name_grey_levels():
     assert budget_label(8 / 255) == "8_255"
-    assert budget_label(0.05) == "0.05"
+    assert budget_label(0.05) == "0.05" and budget_label(0.1) == "0.1" and budget_label(5e-5) == "5e-05"
+    assert budget_label(0.2 / 255) == "0.2_255"
     assert budget_label(None) == "min"
 
 

@@ -115,3 +115,25 @@ def test_endoscopy_datamodule_targets_survive_augmentation():
         assert boxes.shape[1] == 4 and ((boxes[:, 2:] - boxes[:, :2]) > 0).all()
         assert (boxes >= 0).all() and (boxes <= 64).all()
         assert ((target["labels"] >= 1) & (target["labels"] <= 7)).all()
+
+
+def test_referable_labels_split_grades_at_moderate_dr():
+    graded = SyntheticFundusDataModule(num_samples=20, size=32, seed=3)
+    referable = SyntheticFundusDataModule(num_samples=20, size=32, seed=3, referable=True)
+    graded.setup()
+    referable.setup()
+    grades = {r.id: r.target for ds in graded.datasets.values() for r in ds.records}
+    labels = {r.id: r.target for ds in referable.datasets.values() for r in ds.records}
+    assert labels == {key: int(grade >= 2) for key, grade in grades.items()}
+    assert referable.num_classes == 2 and graded.num_classes == 5
+    assert referable.class_names == ("non-referable", "referable")
+
+
+def test_fit_loader_is_the_whole_train_split_in_order_and_unaugmented():
+    dm = SyntheticFundusDataModule(num_samples=30, size=32, seed=1, batch_size=4)
+    dm.setup()
+    first, second = ([batch for batch in dm.fit_dataloader()] for _ in range(2))
+    assert [i for batch in first for i in batch["id"]] == [r.id for r in dm.datasets["train"].records]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, second, strict=True))
+    augmented = next(iter(dm.train_dataloader()))
+    assert len(augmented["id"]) == 4 and set(augmented["id"]) <= {r.id for r in dm.datasets["train"].records}

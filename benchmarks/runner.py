@@ -1,0 +1,195 @@
+"""Runs a benchmark's cells: trains or loads each model, runs ``trainer.test`` with the cell's evaluation
+callback, and writes each cell to the results store as it finishes. Finished cells (same key, same
+config hash) are skipped, so a killed run resumes where it stopped."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from benchmarks.cell_kinds import CELL_KINDS
+from benchmarks.grid import Benchmark, Cell, ModelSpec, select_shard
+from benchmarks.model_cache import TrainedModel, load_or_train
+from benchmarks.progress import CellProgress
+from benchmarks.store import CellRecord, ResultsStore, now
+
+VERSIONED_PACKAGES = (
+    "medadvbench", "torch", "torchvision", "lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where results go and how each cell's trainer runs (Lightning's accelerator/devices/nodes/strategy)."""
+
+    output: Path = Path("runs")
+    store: Path | None = None
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    shard: tuple[int, int] = (0, 1)
+    wandb: bool = False
+    progress: bool = True
+
+    @property
+    def store_path(self) -> Path:
+        return self.store or self.output / "results.db"
+
+    @property
+    def trainer_settings(self) -> dict[str, Any]:
+        return {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
+                "strategy": self.strategy}
+
+
+@dataclass
+class RunSummary:
+    """How many cells of the shard were skipped (already done), run, and failed; seconds spent."""
+
+    cells: int
+    skipped: int
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on, stored with every cell."""
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def cell_record(cell: Cell, status: str, **values: Any) -> CellRecord:
+    return CellRecord(
+        key=cell.key, benchmark=cell.benchmark, config_hash=cell.config_hash, kind=cell.kind,
+        dataset=cell.dataset, model=cell.model, attack=cell.attack, budget=cell.budget_label, seed=cell.seed,
+        status=status, settings=cell.settings(), **values,
+    )
+
+
+def pending_cells(benchmark: Benchmark, store: ResultsStore, shard: tuple[int, int]) -> tuple[list[Cell], int]:
+    """The shard's cells not yet done under their current config hash, and how many the shard has."""
+    cells = select_shard(benchmark.cells, *shard)
+    finished = store.finished()
+    return [cell for cell in cells if finished.get(cell.key) != cell.config_hash], len(cells)
+
+
+class BenchmarkRunner:
+    """Runs the pending cells of one benchmark shard; rank 0 writes the store under DDP."""
+
+    def __init__(self, benchmark: Benchmark, options: RunOptions) -> None:
+        self.benchmark = benchmark
+        self.options = options
+        self.models: dict[ModelSpec, TrainedModel] = {}
+        self.versions = versions()
+        self.host = f"{socket.gethostname()} shard {options.shard[0]}/{options.shard[1]}"
+
+    def run(self) -> RunSummary:
+        start = time.perf_counter()
+        with ResultsStore(self.options.store_path) as store:
+            pending, total = pending_cells(self.benchmark, store, self.options.shard)
+            summary = RunSummary(cells=total, skipped=total - len(pending))
+            progress = CellProgress(total, summary.skipped, enabled=self.options.progress and self.writer)
+            with progress:
+                for cell in pending:
+                    progress.started(cell.key)
+                    record = self.run_cell(cell, store)
+                    progress.finished(cell.key, record.status, record.seconds or 0.0)
+                    if record.status == "done":
+                        summary.done += 1
+                    else:
+                        summary.failed.append(f"{cell.key}: {record.error.strip().splitlines()[-1]}")
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    @property
+    def writer(self) -> bool:
+        return rank_zero_only.rank == 0
+
+    def run_cell(self, cell: Cell, store: ResultsStore) -> CellRecord:
+        """Evaluate one cell and store it as done, or as failed with the error, without stopping the run."""
+        running = cell_record(cell, "running", versions=self.versions, host=self.host, started_at=now())
+        if self.writer:
+            store.start(running)
+        start = time.perf_counter()
+        examples: list[tuple[str, bytes]] = []
+        try:
+            metrics, examples = self.evaluate(cell)
+            task = getattr(self.trained(cell.models[0]).module, "task", "unknown")
+            record = replace(running, status="done", metrics=metrics, settings=running.settings | {"task": task})
+        except Exception:  # a failing cell is stored with its traceback; the other cells still run
+            record = replace(running, status="failed", error=traceback.format_exc())
+            print(f"rank {rank_zero_only.rank}: cell {cell.key} failed:\n{record.error}", file=sys.stderr)
+        record = replace(record, seconds=time.perf_counter() - start, finished_at=now())
+        if self.writer:
+            store.finish(record, examples)
+        return record
+
+    def trained(self, spec: ModelSpec) -> TrainedModel:
+        if spec not in self.models:
+            settings = self.options.trainer_settings
+            self.models[spec] = load_or_train(
+                spec, self.options.output / "models", [f"--trainer.{key}={value}" for key, value in settings.items()]
+            )
+        return self.models[spec]
+
+    def evaluate(self, cell: Cell) -> tuple[dict[str, float], list[tuple[str, bytes]]]:
+        """Run the cell's callback inside ``trainer.test`` of its first model and read its results."""
+        trained = [self.trained(spec) for spec in cell.models]
+        models = {item.spec.label: item.module for item in trained}
+        kind = CELL_KINDS[cell.kind]
+        callback = kind.callback(cell, models)
+        pl.seed_everything(cell.seed, workers=True, verbose=False)
+        with self.loggers(cell, trained[0]) as loggers:
+            trainer = pl.Trainer(
+                **self.options.trainer_settings,
+                logger=loggers,
+                callbacks=[callback],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            trainer.test(trained[0].module, datamodule=trained[0].datamodule, verbose=False)
+        return kind.results(cell, callback)
+
+    @contextmanager
+    def loggers(self, cell: Cell, trained: TrainedModel) -> Iterator[Sequence[Logger]]:
+        """A CSVLogger per cell, plus a W&B run (group = benchmark, name = cell key) when asked for."""
+        version = cell.key.removeprefix(f"{cell.benchmark}/").replace("/", "-")
+        csv = CSVLogger(self.options.output / "logs", name=cell.benchmark, version=version)
+        if not self.options.wandb:
+            yield [csv]
+            return
+        import wandb
+
+        from callbacks.wandb_logging import make_wandb_logger
+
+        config = {"benchmark": cell.benchmark, "dataset": cell.dataset, "model_label": cell.model,
+                  "attack": cell.attack, "budget": cell.budget_label, "seed": cell.seed, "kind": cell.kind,
+                  "cell": cell.settings()}
+        logger = make_wandb_logger(
+            trained.module, trained.datamodule, [cell.attack], save_dir=self.options.output,
+            group=cell.benchmark, config=config, name=cell.key,
+        )
+        try:
+            yield [csv, logger]
+        finally:
+            wandb.finish()

@@ -1,0 +1,371 @@
+"""Benchmark cells as tables in the papers' layouts (rows attacks, columns budgets; SMIA's Var/Cos; the
+exposure paper's success rate with SSIM/BRISQUE and transfer matrices; Ma et al.'s detector AUCs), each
+number the mean over seeds with its standard deviation, and the per-cell listing of ``medadv results``
+with its CSV and Markdown exports. Pure data: no plotting, no HTML."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from benchmarks.store import CellRecord
+
+TASK_METRICS = {
+    "classification": ("accuracy", "auc", "fpr"),
+    "segmentation": ("jaccard", "dice", "pixel_accuracy"),
+    "detection": ("map", "map_50", "mean_iou"),
+}
+METRIC_NAMES = {
+    "accuracy": "accuracy", "auc": "AUC", "fpr": "FPR", "jaccard": "Jaccard", "dice": "Dice",
+    "pixel_accuracy": "pixel accuracy", "map": "mAP", "map_50": "mAP@0.5", "mean_iou": "matched-box IoU",
+    "success_rate": "success rate", "targeted_success_rate": "targeted success rate",
+}
+QUALITY_COLUMNS = (
+    ("adv/success_rate", "success rate"), ("adv/ssim", "SSIM"), ("adv/psnr", "PSNR (dB)"),
+    ("adv/brisque", "BRISQUE"),
+)
+PERTURBATION_COLUMNS = (
+    ("adv/var", "Var"), ("adv/cos_positive", "Cos > 0"), ("adv/cos_mean", "mean Cos"), ("adv/linf", "Linf"),
+    ("adv/l2", "L2"), ("adv/queries", "queries"), ("adv/seconds_per_image", "s / image"),
+)
+DETECTORS = {"kd": "KD", "lid": "LID", "dfeat": "DFeat", "qfeat": "QFeat"}
+PAIR_SPLITS = {"advtrain": "AdvTrain pairs", "advtest": "AdvTest pairs"}
+MISSING = "–"
+
+
+def number_spec(lead: float, *others: float) -> str:
+    """The format spec of numbers shown together, chosen by the first: scientific below 0.01, whole numbers
+    from 2 as integers (when all are whole), two decimals from 10, else three."""
+    if lead != 0 and abs(lead) < 0.01:
+        return ".2e"
+    if abs(lead) >= 2 and all(float(v).is_integer() for v in (lead, *others)):
+        return ".0f"
+    return ".2f" if abs(lead) >= 10 else ".3f"
+
+
+def format_number(value: float) -> str:
+    """A number as the report shows it (see :func:`number_spec`)."""
+    return format(value, number_spec(value))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation of one metric over seeds (std shown only for several seeds)."""
+
+    mean: float
+    std: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary | None:
+        """The summary of one value per seed; None for no values."""
+        if not values:
+            return None
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    def __str__(self) -> str:
+        if self.count == 1:
+            return format_number(self.mean)
+        spec = number_spec(self.mean, self.std)
+        return f"{self.mean:{spec}} ± {self.std:{spec}}" if self.std else f"{self.mean:{spec}} ± 0"
+
+
+Entry = str | Summary | None
+
+
+def entry_text(entry: Entry) -> str:
+    """A table entry as text: a summary as ``mean ± std``, a missing value as a dash."""
+    return MISSING if entry is None else str(entry)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled grid: ``header`` names the columns, each row starts with its label(s); ``note`` explains."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[Entry, ...], ...]
+    note: str = ""
+
+
+def unique(values: Iterable[Any]) -> list[Any]:
+    """The distinct values in order of first appearance."""
+    return list(dict.fromkeys(values))
+
+
+def select(records: Iterable[CellRecord], **fields: Any) -> list[CellRecord]:
+    """The records whose attributes equal all the given values."""
+    return [r for r in records if all(getattr(r, name) == value for name, value in fields.items())]
+
+
+def budget_value(label: str) -> float | None:
+    """The numeric budget of a label (``8_255`` -> 8/255, ``0.05`` -> 0.05); None for ``min``."""
+    numerator, _, denominator = label.partition("_")
+    try:
+        return float(numerator) / float(denominator or 1)
+    except ValueError:
+        return None
+
+
+def budget_text(label: str) -> str:
+    """A budget label as readers write it: ``8_255`` -> ``8/255``."""
+    return label.replace("_", "/")
+
+
+def budget_order(label: str) -> tuple[bool, float, str]:
+    """Sort key of budget labels: by numeric value, labels without one (``min``) last."""
+    value = budget_value(label)
+    return value is None, value or 0.0, label
+
+
+def ordered_budgets(labels: Iterable[str]) -> list[str]:
+    """Distinct budget labels in :func:`budget_order`."""
+    return sorted(set(labels), key=budget_order)
+
+
+def in_grid_order(records: Sequence[CellRecord]) -> list[CellRecord]:
+    """Records by attack (in order of first appearance), budget (:func:`budget_order`), then seed."""
+    attacks = unique(r.attack for r in records)
+    return sorted(records, key=lambda r: (attacks.index(r.attack), budget_order(r.budget), r.seed))
+
+
+def summarize(records: Iterable[CellRecord], key: str) -> Summary | None:
+    """Mean ± std over seeds of ``metrics[key]`` (values of one seed are averaged first; NaN skipped)."""
+    by_seed: dict[int, list[float]] = {}
+    for record in records:
+        value = record.metrics.get(key)
+        if value is not None and math.isfinite(value):
+            by_seed.setdefault(record.seed, []).append(value)
+    return Summary.of([statistics.fmean(values) for values in by_seed.values()])
+
+
+def task_of(records: Iterable[CellRecord]) -> str | None:
+    """The task of attack cells: ``settings["task"]``, else the task whose clean metrics they hold."""
+    for record in records:
+        if "task" in record.settings:
+            return record.settings["task"]
+        for task, metrics in TASK_METRICS.items():
+            if f"clean/{metrics[0]}" in record.metrics:
+                return task
+    return None
+
+
+def budget_table(records: Sequence[CellRecord], metric: str, clean: bool) -> Table | None:
+    """``adv/{metric}`` with rows attacks and columns budgets, after a ``clean`` row of ``clean/{metric}``
+    when asked (the layout of SMIA's Tables 2-3). None when no record has the metric."""
+    records = [r for r in records if f"adv/{metric}" in r.metrics]
+    if not records:
+        return None
+    budgets = ordered_budgets(r.budget for r in records)
+    rows = [("clean", *(summarize(select(records, budget=b), f"clean/{metric}") for b in budgets))] if clean else []
+    rows += [
+        (attack, *(summarize(select(records, attack=attack, budget=b), f"adv/{metric}") for b in budgets))
+        for attack in unique(r.attack for r in records)
+    ]
+    name = METRIC_NAMES.get(metric, metric)
+    return Table(f"Adversarial {name}", ("attack", *map(budget_text, budgets)), tuple(rows))
+
+
+def attack_budget_table(
+    records: Sequence[CellRecord], title: str, columns: Sequence[tuple[str, str]], note: str = ""
+) -> Table | None:
+    """One row per attack and budget, one column per ``(metric key, header)`` that any record holds."""
+    columns = [(key, header) for key, header in columns if any(key in r.metrics for r in records)]
+    if not columns:
+        return None
+    rows = [
+        (attack, budget_text(budget), *(summarize(select(records, attack=attack, budget=budget), key)
+                                        for key, _ in columns))
+        for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records))
+    ]
+    return Table(title, ("attack", "budget", *(header for _, header in columns)), tuple(rows), note)
+
+
+def quality_table(records: Sequence[CellRecord]) -> Table | None:
+    """Success rate next to SSIM, PSNR and BRISQUE of the adversarial images (the exposure paper)."""
+    clean = summarize(records, "clean/brisque")
+    note = f"BRISQUE of the clean images: {clean}. Lower BRISQUE is more natural." if clean else ""
+    return attack_budget_table(records, "Image quality of the adversarial examples", QUALITY_COLUMNS, note)
+
+
+def perturbation_table(records: Sequence[CellRecord]) -> Table | None:
+    """SMIA's perturbation variance and update consistency (share of positive cosines), norms and cost."""
+    note = "Cos > 0: share of consecutive perturbation updates with positive cosine (SMIA's Cos)."
+    return attack_budget_table(records, "Perturbation Var/Cos, norms and cost", PERTURBATION_COLUMNS, note)
+
+
+def model_tables(records: Sequence[CellRecord]) -> list[Table]:
+    """Every table of one model's attack cells: task metrics, success rates, quality, perturbations."""
+    metrics = TASK_METRICS.get(task_of(records) or "", ())
+    tables = [budget_table(records, metric, clean=True) for metric in metrics]
+    tables += [budget_table(records, metric, clean=False) for metric in ("success_rate", "targeted_success_rate")]
+    tables += [quality_table(records), perturbation_table(records)]
+    return [table for table in tables if table is not None]
+
+
+@dataclass(frozen=True)
+class TransferMatrix:
+    """Success rates of examples crafted on ``sources`` (rows) against ``targets`` (columns)."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    rates: tuple[tuple[Summary | None, ...], ...]
+
+
+def transfer_pair(key: str) -> tuple[str, str] | None:
+    """(source, target) of a ``{source}->{target}/success_rate`` key (a source may be an ensemble
+    ``a+b``); None for other keys."""
+    if not key.endswith("/success_rate") or "->" not in key:
+        return None
+    source, target = key.removesuffix("/success_rate").split("->", 1)
+    return source, target
+
+
+def transfer_matrix(records: Sequence[CellRecord]) -> TransferMatrix | None:
+    """The transfer matrix of one attack and budget from ``{source}->{target}/success_rate`` metrics."""
+    pairs = [pair for r in records for key in r.metrics if (pair := transfer_pair(key))]
+    if not pairs:
+        return None
+    targets = sorted({target for _, target in pairs})
+    crafting = {source for source, _ in pairs}
+    sources = [t for t in targets if t in crafting] + sorted(crafting.difference(targets))
+    rates = tuple(tuple(summarize(records, f"{s}->{t}/success_rate") for t in targets) for s in sources)
+    return TransferMatrix(tuple(sources), tuple(targets), rates)
+
+
+def transfer_table(matrix: TransferMatrix, title: str) -> Table:
+    """A transfer matrix as a table: rows crafted from, columns attacked model, white-box on the diagonal."""
+    rows = tuple((source, *row) for source, row in zip(matrix.sources, matrix.rates, strict=True))
+    return Table(title, ("crafted from \\ attacked", *matrix.targets), rows,
+                 "Attack success rate; source = target is the white-box attack.")
+
+
+def detection_slot(key: str) -> tuple[str, str] | None:
+    """The (row, column) of a detection metric key in the detector table, None for other keys."""
+    match key.split("/"):
+        case ["detect", "transfer", pair, detector, "auc"]:
+            return f"transfer {pair}", DETECTORS.get(detector, detector)
+        case ["detect", attack, "pairs", split]:
+            return attack, PAIR_SPLITS.get(split, f"{split} pairs")
+        case ["detect", attack, detector, "auc"]:
+            return attack, DETECTORS.get(detector, detector)
+    return None
+
+
+def detection_table(records: Sequence[CellRecord], title: str) -> Table | None:
+    """Detector AUCs (KD, LID, DFeat, QFeat) per attack and per transfer pair, with the AdvTrain/AdvTest pair
+    counts (Ma et al. 2020, Tables 2-5). None when the records hold no detection metrics."""
+    keys = {slot: key for key in unique(k for r in records for k in r.metrics) if (slot := detection_slot(key))}
+    if not keys:
+        return None
+    order = [*DETECTORS.values(), *PAIR_SPLITS.values()]
+    columns = sorted({column for _, column in keys}, key=lambda c: (order.index(c) if c in order else len(order), c))
+    rows = tuple(
+        (row, *(summarize(records, keys[(row, column)]) if (row, column) in keys else None for column in columns))
+        for row in unique(row for row, _ in keys)
+    )
+    return Table(title, ("attack", *columns), rows, "ROC AUC of telling adversarial from clean inputs.")
+
+
+def to_markdown(table: Table) -> str:
+    """The grid of a table as GitHub Markdown, pipes and line breaks in cells escaped."""
+    lines = [list(table.header), ["---"] * len(table.header), *([entry_text(c) for c in row] for row in table.rows)]
+    return "\n".join(
+        "| " + " | ".join(text.replace("|", "\\|").replace("\n", " ") for text in line) + " |" for line in lines
+    )
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One cell as ``medadv results`` lists it. ``metric`` names the score in ``clean``/``adversarial``:
+    the task's main metric (attack cells) or the best detector AUC (detection cells); transfer cells give
+    the mean black-box success rate (target not among the sources)."""
+
+    kind: str
+    dataset: str
+    model: str
+    attack: str
+    budget: str
+    seed: int
+    metric: str
+    clean: float | None
+    adversarial: float | None
+    success_rate: float | None
+    seconds: float | None
+
+
+Scores = tuple[str, float | None, float | None, float | None]
+
+
+def attack_scores(record: CellRecord) -> Scores:
+    """The task's main metric, clean and adversarial, and the success rate of an attack cell."""
+    metric = TASK_METRICS.get(task_of([record]) or "", ("",))[0]
+    metrics = record.metrics
+    return metric, metrics.get(f"clean/{metric}"), metrics.get(f"adv/{metric}"), metrics.get("adv/success_rate")
+
+
+def transfer_scores(record: CellRecord) -> Scores:
+    """The mean black-box success rate of a transfer cell (pairs whose target is not among the sources)."""
+    pairs = {key: pair for key in record.metrics if (pair := transfer_pair(key))}
+    rates = [record.metrics[key] for key, (source, target) in pairs.items() if target not in source.split("+")]
+    return "transfer", None, None, statistics.fmean(rates) if rates else None
+
+
+def detection_scores(record: CellRecord) -> Scores:
+    """The best detector AUC of a detection cell (over its own attacks, not transfer pairs)."""
+    aucs = [value for key, value in record.metrics.items()
+            if key.endswith("/auc") and not key.startswith("detect/transfer/")]
+    return "detector AUC (best)", None, max(aucs) if aucs else None, None
+
+
+KIND_SCORES = {"attack": attack_scores, "transfer": transfer_scores, "detection": detection_scores}
+
+
+def result_rows(records: Iterable[CellRecord]) -> list[ResultRow]:
+    """One row per cell, numbers as stored (for CSV and programs)."""
+    return [
+        ResultRow(r.kind, r.dataset, r.model, r.attack, r.budget, r.seed,
+                  *KIND_SCORES.get(r.kind, lambda _: ("", None, None, None))(r), r.seconds)
+        for r in records
+    ]
+
+
+RESULT_HEADER = ("dataset", "model", "attack", "budget", "seed", "metric", "clean -> adv", "success rate", "seconds")
+
+
+def results_table(records: Iterable[CellRecord]) -> Table:
+    """The ``medadv results`` listing as display text: one row per cell, main metric as ``clean -> adv``."""
+
+    def number(value: float | None) -> str:
+        return MISSING if value is None else format_number(value)
+
+    rows = tuple(
+        (row.dataset, row.model, row.attack, budget_text(row.budget), str(row.seed), row.metric,
+         number(row.adversarial) if row.clean is None else f"{number(row.clean)} -> {number(row.adversarial)}",
+         number(row.success_rate), number(row.seconds))
+        for row in result_rows(records)
+    )
+    return Table("Results", RESULT_HEADER, rows)
+
+
+def export_csv(records: Iterable[CellRecord], path: Path) -> Path:
+    """Write :func:`result_rows` as CSV (full precision, empty where a number is missing); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(field.name for field in fields(ResultRow))
+        for row in result_rows(records):
+            writer.writerow("" if value is None else value for value in astuple(row))
+    return path
+
+
+def export_markdown(records: Iterable[CellRecord], path: Path) -> Path:
+    """Write :func:`results_table` as a Markdown table; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_markdown(results_table(records)) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,128 @@
+"""`medadv run` end to end on a tiny grid, as users run it (a subprocess): kill -9 and resume gives the
+uninterrupted table, two shards merged give the full run, 2-process DDP gives the 1-process numbers."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.store import ResultsStore
+from tests.benchmarks.cli_runs import ROOT, medadv, run_env, run_medadv
+
+TINY = Path(__file__).parent / "configs" / "tiny.yaml"
+TIMING_METRICS = ("adv/seconds_per_image",)
+pytestmark = pytest.mark.slow
+
+
+def run_tiny(output: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return run_medadv(["run", "--config", str(TINY), "--output", str(output), "--no-report", *args], **env)
+
+
+def table(store_path: Path, kinds: tuple[str, ...] = ("attack", "transfer", "detection")) -> dict[str, dict]:
+    """key -> metrics without timings, for every done cell of the given kinds; fails on unfinished rows."""
+    with ResultsStore(store_path) as store:
+        assert [r.key for r in store.records(status=None) if r.status != "done"] == []
+        return {
+            record.key: {k: v for k, v in record.metrics.items() if k not in TIMING_METRICS}
+            for record in store.records()
+            if record.kind in kinds
+        }
+
+
+def assert_same_tables(actual: dict[str, dict], expected: dict[str, dict]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, metrics in expected.items():
+        assert actual[key].keys() == metrics.keys(), key
+        for name, value in metrics.items():
+            same = (math.isnan(value) and math.isnan(actual[key][name])) or actual[key][name] == pytest.approx(value)
+            assert same, f"{key} {name}: {actual[key][name]} != {value}"
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """An uninterrupted run of the tiny grid: its output folder (store, model cache, logs)."""
+    output = tmp_path_factory.mktemp("full")
+    result = run_tiny(output)
+    assert "0 failed" in result.stdout
+    return output
+
+
+def test_full_run_stores_every_cell_with_examples(full_run):
+    results = table(full_run / "results.db")
+    assert len(results) == 11
+    with ResultsStore(full_run / "results.db") as store:
+        attack_records = [r for r in store.records() if r.kind == "attack"]
+        assert all(len(store.examples(r.key)) == 2 for r in attack_records)
+        assert all(r.versions["torch"] and r.seconds > 0 for r in attack_records)
+    fgsm = results["tiny/fundus/resnet18/fgsm/8_255/seed0"]
+    assert fgsm["adv/linf"] == pytest.approx(8 / 255, rel=1e-3)
+    assert fgsm["adv/accuracy"] <= fgsm["clean/accuracy"]
+    transfer = results["tiny/fundus/transfer/fgsm/8_255/seed0"]
+    models = ("resnet18", "resnet10t")
+    assert set(transfer) == {f"{source}->{target}/success_rate" for source in models for target in models}
+
+
+def test_a_second_run_skips_every_finished_cell(full_run):
+    result = run_tiny(full_run)
+    assert "0 cells run, 11 already done" in result.stdout
+
+
+def test_kill_9_and_resume_gives_the_uninterrupted_table(full_run, tmp_path):
+    store_path = tmp_path / "results.db"
+    command = medadv("run", "--config", str(TINY), "--output", str(tmp_path), "--no-report")
+    process = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if store_path.is_file():
+                with ResultsStore(store_path) as store:
+                    if len(store.finished()) >= 3:
+                        break
+            time.sleep(0.1)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with ResultsStore(store_path) as store:
+        done = len(store.finished())
+    assert 3 <= done < 11
+    result = run_tiny(tmp_path)
+    assert f"{done} already done" in result.stdout
+    assert_same_tables(table(store_path), table(full_run / "results.db"))
+
+
+def test_two_shards_merged_equal_the_full_run(full_run, tmp_path):
+    run_tiny(full_run, "--shard", "0/2", "--store", str(tmp_path / "shard0.db"))
+    run_tiny(full_run, "--store", str(tmp_path / "shard1.db"), SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2")
+    shards = [table(tmp_path / f"shard{index}.db") for index in (0, 1)]
+    assert not set(shards[0]) & set(shards[1])
+    merged = tmp_path / "merged.db"
+    result = subprocess.run(
+        medadv("results", "--store", str(merged), "--merge", str(tmp_path / "shard0.db"), str(tmp_path / "shard1.db")),
+        cwd=ROOT, env=run_env(), capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "merged 11 cells" in result.stdout
+    assert_same_tables(table(merged), table(full_run / "results.db"))
+
+
+def test_ddp_on_two_processes_gives_the_one_process_numbers(full_run, tmp_path):
+    store_path = tmp_path / "ddp.db"
+    run_tiny(full_run, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--store", str(store_path))
+    assert_same_tables(table(store_path), table(full_run / "results.db"))
+
+
+def test_bad_arguments_name_themselves(tmp_path):
+    result = subprocess.run(medadv("run", "--config", "no_such_benchmark", "--output", str(tmp_path)),
+                            cwd=ROOT, env=run_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "no_such_benchmark" in result.stderr
+    result = subprocess.run(medadv("run", "--config", str(TINY), "--shard", "2/2", "--output", str(tmp_path)),
+                            cwd=ROOT, env=run_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "--shard" in result.stderr
