@@ -24,8 +24,9 @@ StoredExamples = list[tuple[str, bytes]]
 
 
 def attack_spec(setting: AttackSetting, seed: int) -> AttackSpec:
-    """The registry attack of a config entry, seeded with the cell's seed."""
-    return AttackSpec.from_registry(setting.name, (setting.budget,), **{"seed": seed, **setting.settings})
+    """The registry attack of a config entry under its label (metric names), seeded with the cell's seed."""
+    settings = {"seed": seed, **setting.settings}
+    return AttackSpec(setting.label, lambda budget: build_attack(setting.name, budget, **settings), (setting.budget,))
 
 
 def example_png(example: Example) -> tuple[str, bytes]:
@@ -52,7 +53,6 @@ class AttackCell:
         evaluation = cell.evaluation
         return AdversarialEvaluation(
             [attack_spec(setting, cell.seed) for setting in cell.attacks],
-            max_batches=evaluation.get("max_batches"),
             examples=evaluation.get("examples", 4),
             brisque=evaluation.get("brisque", True),
         )
@@ -64,6 +64,8 @@ class AttackCell:
             for key, value in callback.results.items()
             if key.startswith("clean/") or key.startswith(prefix)
         }
+        if not any(key.startswith("adv/") for key in metrics):
+            raise RuntimeError(f"the evaluation logged no {prefix}* metrics; it logged {sorted(callback.results)}")
         return metrics, [example_png(example) for example in callback.last_examples]
 
 

@@ -122,6 +122,7 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")  # a redone cell
 
 
 def results_command(args: argparse.Namespace, _: Sequence[str]) -> int:

@@ -25,7 +25,8 @@ TOP_LEVEL_KEYS = {"name", "description", "seeds", "evaluation", "overrides", "da
 DATASET_KEYS = {"train", "overrides", "models", "attacks", "transfer", "detection"}
 ATTACK_KEYS = {"attack", "budgets", "settings"}
 EVALUATION_KEYS = {"max_batches", "examples", "brisque"}
-STUDY_KEYS = {"attacks", "budgets", "sources", "settings"}
+TRANSFER_KEYS = {"attacks", "budgets", "sources"}
+DETECTION_KEYS = {"attacks", "budgets", "settings"}
 
 
 def resolve_config(name_or_path: str | Path, folder: str = "") -> Path:
@@ -256,7 +257,7 @@ def attack_cells(benchmark: str, dataset: str, models: Mapping[str, ModelSpec], 
 def transfer_cells(benchmark: str, dataset: str, models: Mapping[str, ModelSpec], study: Mapping[str, Any],
                    seed: int, evaluation: dict[str, Any], where: str) -> Iterator[Cell]:
     """One cell per attack and budget: crafted on each source, evaluated on every model of the dataset."""
-    check_keys(study, STUDY_KEYS, where)
+    check_keys(study, TRANSFER_KEYS, where)
     sources = study.get("sources") or [[label] for label in models]
     for group in sources:
         for label in [group] if isinstance(group, str) else group:
@@ -273,9 +274,14 @@ def transfer_cells(benchmark: str, dataset: str, models: Mapping[str, ModelSpec]
 def detection_cells(benchmark: str, dataset: str, models: Mapping[str, ModelSpec], study: Mapping[str, Any],
                     seed: int, evaluation: dict[str, Any], where: str) -> Iterator[Cell]:
     """One cell per model and budget, holding every attack of the study (detectors train across them)."""
-    check_keys(study, STUDY_KEYS, where)
-    entries = list(attack_settings(study.get("attacks") or {}, f"{where}.attacks", [None]))
-    budgets = [parse_budget(value, f"{where}.budgets") for value in study.get("budgets") or [None]]
+    check_keys(study, DETECTION_KEYS, where)
+    attacks = study.get("attacks") or {}
+    for label, entry in attacks.items():
+        if entry and "budgets" in entry:
+            raise ValueError(f"{where}.attacks.{label}: budgets belong to the study ({where}.budgets)")
+    listed = study.get("budgets") or [None]
+    entries = list(attack_settings(attacks, f"{where}.attacks", listed))
+    budgets = [parse_budget(value, f"{where}.budgets") for value in listed]
     for label, spec in models.items():
         for budget in budgets:
             attacks = tuple(AttackSetting(a_label, name, settings, budget) for a_label, name, settings, _ in entries)

@@ -129,11 +129,13 @@ class BenchmarkRunner:
         running = cell_record(cell, "running", versions=self.versions, host=self.host, started_at=now())
         if self.writer:
             store.start(running)
-        start = time.perf_counter()
         examples: list[tuple[str, bytes]] = []
+        start = time.perf_counter()
         try:
-            metrics, examples = self.evaluate(cell)
-            task = getattr(self.trained(cell.models[0]).module, "task", "unknown")
+            trained = [self.trained(spec) for spec in cell.models]
+            start = time.perf_counter()  # a cell's seconds are its evaluation's, not its models' training
+            metrics, examples = self.evaluate(cell, trained)
+            task = getattr(trained[0].module, "task", "unknown")
             record = replace(running, status="done", metrics=metrics, settings=running.settings | {"task": task})
         except Exception:  # a failing cell is stored with its traceback; the other cells still run
             record = replace(running, status="failed", error=traceback.format_exc())
@@ -151,9 +153,8 @@ class BenchmarkRunner:
             )
         return self.models[spec]
 
-    def evaluate(self, cell: Cell) -> tuple[dict[str, float], list[tuple[str, bytes]]]:
+    def evaluate(self, cell: Cell, trained: Sequence[TrainedModel]) -> tuple[dict[str, float], list[tuple[str, bytes]]]:
         """Run the cell's callback inside ``trainer.test`` of its first model and read its results."""
-        trained = [self.trained(spec) for spec in cell.models]
         models = {item.spec.label: item.module for item in trained}
         kind = CELL_KINDS[cell.kind]
         callback = kind.callback(cell, models)
@@ -163,6 +164,7 @@ class BenchmarkRunner:
                 **self.options.trainer_settings,
                 logger=loggers,
                 callbacks=[callback],
+                limit_test_batches=cell.evaluation.get("max_batches") or 1.0,  # clean and attacked alike
                 enable_checkpointing=False,
                 enable_progress_bar=False,
                 enable_model_summary=False,

@@ -107,6 +107,16 @@ def detection_metrics(report: DetectionReport) -> dict[str, float]:
     return metrics
 
 
+def within_quota(labels: Tensor, taken: Tensor, quota: int) -> Tensor:
+    """Mask of the samples whose class is still under ``quota``, counting them into ``taken`` in place."""
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for row, label in enumerate(labels.tolist()):
+        if taken[label] < quota:
+            taken[label] += 1
+            keep[row] = True
+    return keep
+
+
 class PairCollector:
     """The kept (clean, adversarial) pairs of one attack on this rank, on the CPU."""
 
@@ -211,29 +221,30 @@ class AdversarialDetectionEvaluation(pl.Callback):
             self._train = self._training_features(trainer, pl_module)
 
     def _training_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
-        """Penultimate features and labels of up to ``max_train_samples`` training images (for KD)."""
+        """Penultimate features and labels of training images for KD: up to ``max_train_samples`` split
+        evenly over the classes, so class-sorted training sets still give every class its density."""
         loader = fit_dataloader(trainer.datamodule, "detector 'kd'")
         features: list[Tensor] = []
         labels: list[Tensor] = []
-        count, num_classes = 0, 0
+        taken: Tensor | None = None
         for batch in loader:
-            images = batch["image"][: self.max_train_samples - count].to(pl_module.device)
+            images = batch["image"].to(pl_module.device)
             views = model_views(pl_module, images)
-            features.append(views.features)
-            labels.append(batch["target"][: len(images)].to(pl_module.device))
-            count, num_classes = count + len(images), views.logits.shape[1]
-            if count >= self.max_train_samples:
+            num_classes = views.logits.shape[1]
+            quota = -(-self.max_train_samples // num_classes)
+            taken = torch.zeros(num_classes, dtype=torch.long) if taken is None else taken
+            target = batch["target"].cpu()
+            keep = within_quota(target, taken, quota)
+            features.append(views.features[keep.to(views.features.device)])
+            labels.append(target[keep].to(pl_module.device))
+            if bool((taken >= quota).all()):
                 break
-        if not features:
+        if taken is None:
             raise ValueError(f"{type(trainer.datamodule).__name__}: its training loader yielded no batches for KD")
-        train_labels = torch.cat(labels)
-        missing = sorted(set(range(num_classes)) - set(train_labels.tolist()))
+        missing = (taken == 0).nonzero().flatten().tolist()
         if missing:
-            raise ValueError(
-                f"max_train_samples={self.max_train_samples}: no training features of class(es) {missing} "
-                "for KD; raise it or leave 'kd' out of detectors"
-            )
-        return torch.cat(features), train_labels
+            raise ValueError(f"the training split has no image of class(es) {missing} for KD; leave 'kd' out")
+        return torch.cat(features), torch.cat(labels)
 
     def _detection_features(self, views: ModelViews) -> dict[str, Tensor]:
         features = {"deep": views.features}
@@ -261,7 +272,7 @@ class AdversarialDetectionEvaluation(pl.Callback):
             correct = clean.logits.argmax(dim=1) == target
             objective = pl_module.objective()
             for name, attack in self.attacks.items():
-                adv_images = attack(objective, images, target).adv_images
+                adv_images = attack(objective, images, target, ids=ids).adv_images
                 adversarial = model_views(pl_module, adv_images, self.lid_layers)
                 fooled = adversarial.logits.argmax(dim=1) != target
                 keep = correct & fooled if self.successful_only else correct

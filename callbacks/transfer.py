@@ -88,7 +88,7 @@ class TransferEvaluation(pl.Callback):
             for key, attack in self.attacks.items():
                 for source in self.sources:
                     transfer = TransferAttack(attack, self._surrogate(source, pl_module))
-                    result: AttackResult = transfer(evaluated[self.targets[0]], images, target)
+                    result: AttackResult = transfer(evaluated[self.targets[0]], images, target, ids=batch["id"])
                     with torch.no_grad():
                         for name, objective in evaluated.items():
                             adversarial = objective.predict(objective.forward(result.adv_images))

@@ -81,6 +81,9 @@ def test_profiles_merge_into_datasets(tmp_path):
         ({"attacks": {"pgd": {"budgets": [0.1], "settings": {"step": 3}}}}, "attacks.pgd: .*keyword.*'step'"),
         ({"attacks": {"pgd": {"budgets": [0.1], "settings": {"steps": 0}}}}, "attacks.pgd: steps"),
         ({"transfer": {"attacks": {"fgsm": {}}, "sources": [["ghost"]]}}, "unknown model 'ghost'"),
+        ({"transfer": {"attacks": {"fgsm": {}}, "settings": {}}}, r"transfer: unknown keys \['settings'\]"),
+        ({"detection": {"attacks": {"fgsm": {"budgets": [0.1]}}}}, "budgets belong to the study"),
+        ({"detection": {"attacks": {"deepfool": {}}, "budgets": [0.1]}}, "minimal-perturbation attack"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, dataset, message):

@@ -277,7 +277,8 @@ def test_trainer_test_detects_pgd_and_keeps_correct_successful_pairs(blob_classi
     images = torch.stack([row["image"] for row in data.test_rows])
     labels = torch.stack([row["target"] for row in data.test_rows])
     correct = blob_classifier(images).argmax(dim=1) == labels
-    adv_images = attacks["pgd"](blob_classifier.objective(), images, labels).adv_images
+    ids = [row["id"] for row in data.test_rows]  # the callback keys each sample's random start by its id
+    adv_images = attacks["pgd"](blob_classifier.objective(), images, labels, ids=ids).adv_images
     fooled = blob_classifier(adv_images).argmax(dim=1) != labels
     assert sum(detection.results["pairs"]["pgd"].values()) == int((correct & fooled).sum())
     assert sum(every_correct.results["pairs"]["fgsm"].values()) == int(correct.sum())
@@ -302,3 +303,14 @@ def test_two_process_ddp_gives_the_single_process_detection_results(blob_classif
     assert single["detect/fgsm/pairs/advtrain"] + single["detect/fgsm/pairs/advtest"] > 100
     assert any(value < 0.99 for name, value in single.items() if name.endswith("/auc"))
     assert spawned == pytest.approx(single, abs=1e-6)
+
+
+def test_kd_training_quota_is_split_over_classes_in_a_class_sorted_loader():
+    from callbacks.adversarial_detection import within_quota
+
+    taken = torch.zeros(3, dtype=torch.long)
+    first = within_quota(torch.tensor([0, 0, 0, 0, 1]), taken, quota=2)
+    second = within_quota(torch.tensor([1, 1, 2, 0]), taken, quota=2)
+    assert first.tolist() == [True, True, False, False, True]
+    assert second.tolist() == [True, False, True, False]
+    assert taken.tolist() == [2, 2, 1]
