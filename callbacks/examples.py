@@ -25,10 +25,19 @@ def amplified(perturbation: Tensor) -> Tensor:
     return 0.5 + 0.5 * perturbation / scale
 
 
+SHOWN_SCORE = 0.5  # detections drawn and counted in examples: the confident ones
+
+
+def confident(detections: dict[str, Tensor]) -> Tensor:
+    """The boxes of a detection dict (targets have no scores) scored at least ``SHOWN_SCORE``."""
+    scores = detections.get("scores")
+    return detections["boxes"] if scores is None else detections["boxes"][scores >= SHOWN_SCORE]
+
+
 def describe(prediction: Any) -> str:
     """A short text for a label or prediction of any task."""
     if isinstance(prediction, dict):
-        return f"{len(prediction['boxes'])} boxes"
+        return f"{len(confident(prediction))} boxes"
     if isinstance(prediction, Tensor) and prediction.dim() > 0:
         return f"{prediction.float().mean().item():.1%} foreground"
     return str(int(prediction))
@@ -37,8 +46,8 @@ def describe(prediction: Any) -> str:
 def draw(image: Tensor, annotation: Any) -> Tensor:
     """The image as uint8 with a mask overlay (segmentation) or boxes (detection) drawn in."""
     pixels = to_uint8(image)
-    if isinstance(annotation, dict) and len(annotation["boxes"]):
-        return draw_bounding_boxes(pixels, annotation["boxes"].detach().cpu(), colors="yellow", width=1)
+    if isinstance(annotation, dict) and len(boxes := confident(annotation)):
+        return draw_bounding_boxes(pixels, boxes.detach().cpu(), colors="yellow", width=1)
     if isinstance(annotation, Tensor) and annotation.dim() == 2:
         return draw_segmentation_masks(pixels, annotation.detach().cpu().bool(), alpha=0.35, colors="green")
     return pixels

@@ -126,3 +126,24 @@ def test_bad_arguments_name_themselves(tmp_path):
     result = subprocess.run(medadv("run", "--config", str(TINY), "--shard", "2/2", "--output", str(tmp_path)),
                             cwd=ROOT, env=run_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "--shard" in result.stderr
+
+
+def test_wandb_runs_of_a_benchmark_share_a_group_and_config_keys(full_run, tmp_path):
+    from callbacks.wandb_records import read_offline_run
+
+    names = ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
+    offline = {name: str(tmp_path / name.lower()) for name in names} | {"WANDB_API_KEY": "", "WANDB_DIR": str(full_run)}
+    run_medadv(["run", "--config", str(TINY), "--output", str(full_run), "--store", str(tmp_path / "wandb.db"),
+                "--no-report", "--wandb"], NETRC=str(tmp_path / "no-netrc"), **offline)
+    run_dirs = sorted((full_run / "wandb").glob("offline-run-*"))
+    runs = [read_offline_run(path) for path in run_dirs]
+    assert len(runs) == 11
+    assert {run.group for run in runs} == {"tiny"}
+    assert {run.job_type for run in runs} == {"fgsm", "bim", "deepfool", "detection"}
+    keys = {"benchmark", "dataset", "model_label", "attack", "budget", "seed", "kind", "cell"}
+    assert all(keys <= set(run.config) for run in runs)
+    stored = table(tmp_path / "wandb.db")
+    (fgsm,) = [run for run in runs if run.config["model_label"] == "resnet18" and run.config["attack"] == "fgsm"
+               and run.config["budget"] == "8_255"]
+    assert fgsm.summary["adv/fgsm/8_255/accuracy"] == pytest.approx(
+        stored["tiny/fundus/resnet18/fgsm/8_255/seed0"]["adv/accuracy"])
