@@ -26,7 +26,7 @@ test: $(STAMP) browser
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
 			|| echo "note: installing chromium chromium-driver failed; the browser test will skip"; \
 	else echo "note: chromium/chromedriver missing and not root with apt-get; the browser test will skip"; fi
 

@@ -123,6 +123,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")  # a redone cell
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning 2.6
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval")  # small data sets log per epoch
 
 
 def results_command(args: argparse.Namespace, _: Sequence[str]) -> int:

@@ -25,7 +25,8 @@ class CellProgress:
             console=self.console,
             disable=not self.live,
         )
-        self.task = self.progress.add_task("cells", total=total, completed=skipped, state="")
+        # only the cells this run does: skipped ones would make rich's ETA think the first cells were instant
+        self.task = self.progress.add_task("cells to run", total=total - skipped, state="")
 
     def __enter__(self) -> CellProgress:
         self.progress.start()
@@ -43,5 +44,5 @@ class CellProgress:
         self.failed += status != "done"
         self.progress.update(self.task, advance=1, state=f"{self.failed} failed" if self.failed else "")
         if self.enabled and not self.live:
-            done = int(self.progress.tasks[0].completed)
+            done = self.skipped + int(self.progress.tasks[0].completed)
             self.console.print(f"[{done}/{self.total}] {status:6} {seconds:7.1f} s  {key}", highlight=False)
