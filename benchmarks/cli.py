@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a benchmark grid, store every cell, write the report")
     run.add_argument("--config", default="default", help="benchmark YAML or the name of a shipped one")
     run.add_argument("--profile", action="append", default=[], help="profile of the config to merge (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config key after the profiles, e.g. evaluation.max_batches=1 (repeatable)")
     run.add_argument("--output", type=Path, default=Path("runs"), help="folder for the store, models, logs, reports")
     run.add_argument("--store", type=Path, help="results database (default: OUTPUT/results.db)")
     run.add_argument("--shard", help="run shard i of n (i/n); default from SLURM_ARRAY_TASK_ID/COUNT")
@@ -97,7 +99,7 @@ def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
 
     quiet_lightning()
     shard = parse_shard(args.shard)
-    benchmark = load_benchmark(resolve_config(args.config), args.profile)
+    benchmark = load_benchmark(resolve_config(args.config), args.profile, args.set)
     options = RunOptions(
         output=args.output, store=args.store, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes, strategy=args.strategy, shard=shard, wandb=args.wandb,

@@ -167,8 +167,20 @@ class Benchmark:
     cells: tuple[Cell, ...]
 
 
-def load_benchmark(path: Path, profiles: Sequence[str] = ()) -> Benchmark:
-    """Read a benchmark YAML, merge the chosen profiles, validate it and expand its grid."""
+def dotted_update(assignment: str) -> dict[str, Any]:
+    """``evaluation.max_batches=1`` -> ``{"evaluation": {"max_batches": 1}}`` (the value read as YAML)."""
+    key, separator, value = assignment.partition("=")
+    if not separator or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set expects KEY.PATH=VALUE, got {assignment!r}")
+    update: Any = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        update = {part: update}
+    return update
+
+
+def load_benchmark(path: Path, profiles: Sequence[str] = (), assignments: Sequence[str] = ()) -> Benchmark:
+    """Read a benchmark YAML, merge the chosen profiles and then ``--set`` assignments, validate it and
+    expand its grid."""
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a benchmark config must be a mapping")
@@ -177,6 +189,8 @@ def load_benchmark(path: Path, profiles: Sequence[str] = ()) -> Benchmark:
         if profile not in available:
             raise ValueError(f"{path}: unknown profile {profile!r}; profiles: {', '.join(available) or 'none'}")
         raw = deep_merge(raw, available[profile])
+    for assignment in assignments:
+        raw = deep_merge(raw, dotted_update(assignment))
     config = {key: value for key, value in raw.items() if key != "profiles"}
     check_keys(config, TOP_LEVEL_KEYS | {"profiles"}, str(path))
     name = str(config.get("name") or path.stem)

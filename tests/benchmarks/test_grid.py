@@ -107,6 +107,17 @@ def test_shards_partition_the_grid():
         select_shard(cells, 3, 3)
 
 
+def test_set_assignments_apply_after_profiles(tmp_path):
+    config = minimal(attacks={"fgsm": {"budgets": [0.01]}})
+    config["profiles"] = {"quick": {"evaluation": {"max_batches": 2}}}
+    path = write_config(tmp_path, config)
+    assignments = ["evaluation.max_batches=1", "datasets.fundus.attacks.fgsm.budgets=[0.02]"]
+    cells = load_benchmark(path, ["quick"], assignments).cells
+    assert [(cell.evaluation["max_batches"], cell.budget) for cell in cells] == [(1, 0.02)]
+    with pytest.raises(ValueError, match="--set expects"):
+        load_benchmark(path, [], ["evaluation.max_batches"])
+
+
 def test_deep_merge_replaces_lists_and_merges_mappings():
     merged = deep_merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "e": 2})
     assert merged == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 2}
