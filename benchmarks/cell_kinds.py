@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import torch
 from torchvision.io import encode_png
 
-from attacks.registry import build_attack
 from benchmarks.grid import AttackSetting, Cell
 from callbacks.adversarial_detection import AdversarialDetectionEvaluation, detection_metrics
 from callbacks.attack_eval import AdversarialEvaluation, AttackSpec, budget_label
@@ -25,8 +24,7 @@ StoredExamples = list[tuple[str, bytes]]
 
 def attack_spec(setting: AttackSetting, seed: int) -> AttackSpec:
     """The registry attack of a config entry under its label (metric names), seeded with the cell's seed."""
-    settings = {"seed": seed, **setting.settings}
-    return AttackSpec(setting.label, lambda budget: build_attack(setting.name, budget, **settings), (setting.budget,))
+    return AttackSpec(setting.label, lambda budget: setting.build(seed, budget), (setting.budget,))
 
 
 def example_png(example: Example) -> tuple[str, bytes]:
@@ -102,7 +100,7 @@ class DetectionCell:
 
     def callback(self, cell: Cell, models: Mapping[str, pl.LightningModule]) -> AdversarialDetectionEvaluation:
         attacks = {
-            setting.label: build_attack(setting.name, setting.budget, **{"seed": cell.seed, **setting.settings})
+            setting.label: setting.build(cell.seed)
             for setting in cell.attacks
         }
         return AdversarialDetectionEvaluation(attacks, seed=cell.seed, **cell.study)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from attacks.base import Attack
 from attacks.registry import ATTACKS, build_attack
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -110,6 +111,11 @@ class AttackSetting:
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "name": self.name, "settings": self.settings, "budget": self.budget}
+
+    def build(self, seed: int, budget: float | None = None) -> Attack:
+        """The registry attack at ``budget`` (default: this setting's), seeded with ``seed`` unless its
+        settings name a seed."""
+        return build_attack(self.name, self.budget if budget is None else budget, **{"seed": seed, **self.settings})
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,13 @@ def run_tiny(output: Path, *args: str, **env: str) -> subprocess.CompletedProces
     return run_medadv(["run", "--config", str(TINY), "--output", str(output), "--no-report", *args], **env)
 
 
-def table(store_path: Path, kinds: tuple[str, ...] = ("attack", "transfer", "detection")) -> dict[str, dict]:
-    """key -> metrics without timings, for every done cell of the given kinds; fails on unfinished rows."""
+def table(store_path: Path) -> dict[str, dict]:
+    """key -> metrics without timings, for every done cell; fails on unfinished rows."""
     with ResultsStore(store_path) as store:
         assert [r.key for r in store.records(status=None) if r.status != "done"] == []
         return {
             record.key: {k: v for k, v in record.metrics.items() if k not in TIMING_METRICS}
             for record in store.records()
-            if record.kind in kinds
         }
 
 
