@@ -26,6 +26,7 @@ from benchmarks.tables import (
     task_of,
     to_markdown,
     transfer_matrix,
+    transfer_overview,
     transfer_table,
     unique,
 )
@@ -133,8 +134,9 @@ def example_images(records: Sequence[CellRecord], examples_of: ExamplesOf) -> li
 
 
 def transfer_section(records: Sequence[CellRecord]) -> Section:
-    """A transfer matrix table and heat map per attack and budget."""
-    blocks: list[Block] = []
+    """All transfer attacks in the papers' layout, then a matrix table and heat map per attack and budget."""
+    overview = transfer_overview(records)
+    blocks: list[Block] = [overview] if overview else []
     for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records)):
         matrix = transfer_matrix(select(records, attack=attack, budget=budget))
         if matrix:

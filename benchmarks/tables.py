@@ -245,6 +245,33 @@ def transfer_table(matrix: TransferMatrix, title: str) -> Table:
                  "Attack success rate; source = target is the white-box attack.")
 
 
+def paper_columns(matrix: TransferMatrix) -> list[tuple[str, str]]:
+    """(source, target) pairs in the exposure paper's Tables 1-3 order: per source, the other targets,
+    then the source itself (white-box last)."""
+    return [(source, target) for source in matrix.sources
+            for target in sorted(matrix.targets, key=lambda t: (t == source, matrix.targets.index(t)))]
+
+
+def transfer_overview(records: Sequence[CellRecord]) -> Table | None:
+    """Every transfer attack in one table as the exposure paper lays out Tables 1-3: a row per attack and
+    budget, a column per crafted-from -> attacked pair, each source's white-box column last."""
+    matrices = {
+        (attack, budget): matrix
+        for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records))
+        if (matrix := transfer_matrix(select(records, attack=attack, budget=budget)))
+    }
+    if not matrices:
+        return None
+    columns = unique(pair for matrix in matrices.values() for pair in paper_columns(matrix))
+    rows = tuple(
+        (f"{attack} at {budget_text(budget)}",
+         *(summarize(select(records, attack=attack, budget=budget), f"{s}->{t}/success_rate") for s, t in columns))
+        for attack, budget in matrices
+    )
+    return Table("Transfer success rate (papers' layout)", ("attack", *(f"{s} → {t}" for s, t in columns)), rows,
+                 "Columns grouped by the model the examples were crafted on; the last of each group is white-box.")
+
+
 def detection_slot(key: str) -> tuple[str, str] | None:
     """The (row, column) of a detection metric key in the detector table, None for other keys."""
     match key.split("/"):

@@ -25,6 +25,7 @@ from benchmarks.tables import (
     quality_table,
     result_rows,
     transfer_matrix,
+    transfer_overview,
     transfer_table,
 )
 from tests.benchmarks.report_store import BENCHMARK, build_store, cell
@@ -33,10 +34,10 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 # The demo store: overview (run + failed cells); fundus resnet18 (accuracy, AUC, FPR, success rate, quality,
-# perturbation), two transfer matrices, one detector table; lung U-Net (Jaccard, Dice, pixel accuracy,
-# quality, perturbation). Plots: 3 + 2 heat maps + 2 (no success rate for segmentation: no quality scatter).
-# Examples: one per first-seed attack cell, 7 fundus + 6 lung.
-EXPECTED = {"tables": 16, "plots": 7, "examples": 13, "sections": 7}
+# perturbation), the transfer overview and two transfer matrices, one detector table; lung U-Net (Jaccard,
+# Dice, pixel accuracy, quality, perturbation). Plots: 3 + 2 heat maps + 2 (no success rate for
+# segmentation: no quality scatter). Examples: one per first-seed attack cell, 7 fundus + 6 lung.
+EXPECTED = {"tables": 17, "plots": 7, "examples": 13, "sections": 7}
 
 
 def attack_cell(attack: str, budget: str, seed: int, **metrics: float) -> CellRecord:
@@ -120,6 +121,18 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
     table = transfer_table(matrix, "pgd")
     assert column(table, "a", "b").mean == pytest.approx(0.3) and column(table, "b", "a").mean == 0.1
     assert column(table, "a+b", "b") is None
+
+
+def test_transfer_overview_groups_columns_by_source_with_white_box_last():
+    rates = {"a->a": 1.0, "a->b": 0.3, "b->a": 0.1, "b->b": 0.9}
+    records = [cell("transfer", "fundus", "transfer", attack, budget, 0,
+                    {f"{pair}/success_rate": rate * scale for pair, rate in rates.items()}, "classification")
+               for attack, budget, scale in (("bef", "0.01", 1.0), ("fgsm", "32_255", 0.5))]
+    table = transfer_overview(records)
+    assert table.header == ("attack", "a → b", "a → a", "b → a", "b → b")
+    assert column(table, "fgsm at 32/255", "a → b").mean == pytest.approx(0.15)
+    assert column(table, "bef at 0.01", "b → b").mean == 0.9
+    assert transfer_overview([attack_cell("pgd", "8_255", 0, **{"adv/accuracy": 0.1})]) is None
 
 
 def test_detection_table_has_detectors_as_columns():

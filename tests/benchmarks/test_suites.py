@@ -51,6 +51,8 @@ def test_suite_runs_on_real_data_and_reports(suite, tmp_path):
     if suite == "exposure_attack":
         (transfer,) = [r for r in kinds["transfer"] if r.attack == "fgsm"]
         assert len(transfer.metrics) == 9  # 3 sources x 3 attacked models
+        assert {r.attack for r in kinds["transfer"]} == {"fgsm", "bef", "cbef", "cbef_L1"}  # Table 1, Tables 2-3
+        assert "cbef_L1 at 0.01" in html  # a row of the transfer table in the papers' layout
     if suite == "ma2020":
         assert {r.dataset for r in kinds["detection"]} == {"two_class", "multi_class"}
         assert all(any(key.endswith("/kd/auc") for key in r.metrics) for r in kinds["detection"])
