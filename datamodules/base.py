@@ -59,7 +59,8 @@ class MedicalDataModule(pl.LightningDataModule):
     """Base of every datamodule: batches ``{"image", "target", "id"}`` with images in [0, 1].
 
     Subclasses set ``task``, ``num_classes`` and ``class_names`` and implement ``build_splits`` (the
-    records of each split) and ``load_example`` (one record to an ``Example``).
+    records of each split) and ``load_example`` (one record to an ``Example``). They take their own
+    arguments and pass the loader, split and augmentation settings below on as ``**options``.
     """
 
     task: str

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,28 +177,9 @@ class EndoscopyArtefactDataModule(MedicalDataModule):
         size: int = 256,
         channels: int = 3,
         batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            size,
-            channels,
-            batch_size,
-            num_workers,
-            seed,
-            val_fraction,
-            test_fraction,
-            augment,
-            flip_p,
-            rotate_limit,
-            shift_limit,
-        )
+        super().__init__(size, channels, batch_size=batch_size, **options)
         if format not in READERS:
             raise ValueError(f"format must be one of {sorted(READERS)}, got {format!r}")
         self.image_dir = Path(root) / image_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import MedicalDataModule
 from datamodules.io import read_image
@@ -65,28 +66,9 @@ class FundusDRDataModule(MedicalDataModule):
         size: int = 224,
         channels: int = 3,
         batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            size,
-            channels,
-            batch_size,
-            num_workers,
-            seed,
-            val_fraction,
-            test_fraction,
-            augment,
-            flip_p,
-            rotate_limit,
-            shift_limit,
-        )
+        super().__init__(size, channels, batch_size=batch_size, **options)
         self.csv_path = Path(root) / csv
         self.image_dir = Path(root) / image_dir
         if not self.image_dir.is_dir():

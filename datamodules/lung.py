@@ -6,6 +6,7 @@ import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import MedicalDataModule
 from datamodules.io import find_images, image_size, read_image, read_mask
@@ -131,28 +132,9 @@ class LungSegmentationDataModule(MedicalDataModule):
         slice_stride: int = 1,
         skip_empty: bool = True,
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            size,
-            channels,
-            batch_size,
-            num_workers,
-            seed,
-            val_fraction,
-            test_fraction,
-            augment,
-            flip_p,
-            rotate_limit,
-            shift_limit,
-        )
+        super().__init__(size, channels, batch_size=batch_size, **options)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         check_window(window_low, window_high)

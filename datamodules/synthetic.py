@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from datamodules.base import MedicalDataModule, check_positive
@@ -30,8 +32,8 @@ class SyntheticDataModule(MedicalDataModule):
     Splits are stratified by class for classification and random otherwise, fixed by ``seed``.
     """
 
-    def __init__(self, num_samples: int, size: int, channels: int, **kwargs) -> None:
-        super().__init__(size, channels, **kwargs)
+    def __init__(self, num_samples: int, size: int, channels: int, **options: Any) -> None:
+        super().__init__(size, channels, **options)
         check_positive("num_samples", num_samples)
         self.num_samples = num_samples
 
@@ -61,35 +63,15 @@ class SyntheticFundusDataModule(SyntheticDataModule):
         self,
         num_samples: int = 1000,
         size: int = 64,
-        seed: int = 0,
         channels: int = 3,
         batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
         referable: bool = False,
+        **options: Any,
     ) -> None:
         self.referable = referable
         if referable:
             self.num_classes, self.class_names = len(REFERABLE_CLASSES), REFERABLE_CLASSES
-        super().__init__(
-            num_samples,
-            size,
-            channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            augment=augment,
-            flip_p=flip_p,
-            rotate_limit=rotate_limit,
-            shift_limit=shift_limit,
-        )
+        super().__init__(num_samples, size, channels, batch_size=batch_size, **options)
 
     def render(self, index: int, rng: np.random.Generator) -> Example:
         grade = index % len(DR_GRADES)
@@ -109,33 +91,13 @@ class SyntheticLungCTDataModule(SyntheticDataModule):
         self,
         num_samples: int = 200,
         size: int = 64,
-        seed: int = 0,
         channels: int = 1,
         window_low: float = -1000.0,
         window_high: float = 400.0,
         batch_size: int = 16,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            num_samples,
-            size,
-            channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            augment=augment,
-            flip_p=flip_p,
-            rotate_limit=rotate_limit,
-            shift_limit=shift_limit,
-        )
+        super().__init__(num_samples, size, channels, batch_size=batch_size, **options)
         check_window(window_low, window_high)
         self.window = (window_low, window_high)
 
@@ -156,32 +118,12 @@ class SyntheticEndoscopyDataModule(SyntheticDataModule):
         self,
         num_samples: int = 200,
         size: int = 128,
-        seed: int = 0,
         channels: int = 3,
         max_objects: int = 3,
         batch_size: int = 8,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        augment: bool = True,
-        flip_p: float = 0.5,
-        rotate_limit: float = 10.0,
-        shift_limit: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            num_samples,
-            size,
-            channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            augment=augment,
-            flip_p=flip_p,
-            rotate_limit=rotate_limit,
-            shift_limit=shift_limit,
-        )
+        super().__init__(num_samples, size, channels, batch_size=batch_size, **options)
         check_positive("max_objects", max_objects)
         self.max_objects = max_objects
 

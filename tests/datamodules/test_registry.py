@@ -18,7 +18,8 @@ def test_names_map_to_classes_and_unknown_names_are_listed():
 def test_constructor_arguments_are_plain_config_types(cls):
     parser = ArgumentParser()
     parser.add_class_arguments(cls, "data")
-    assert parser.get_defaults()  # jsonargparse resolves every argument's type
+    defaults = parser.get_defaults().data  # jsonargparse resolves every argument's type
+    assert (defaults.seed, defaults.flip_p, defaults.shift_limit) == (0, 0.5, 0.05)  # the forwarded **options too
 
 
 def test_class_path_config_builds_a_datamodule():
@@ -28,12 +29,13 @@ def test_class_path_config_builds_a_datamodule():
         {
             "data": {
                 "class_path": "datamodules.SyntheticFundusDataModule",
-                "init_args": {"num_samples": 5, "size": 24},
+                "init_args": {"num_samples": 5, "size": 24, "seed": 3, "rotate_limit": 5.0},
             }
         }
     )
     dm = parser.instantiate(config).data
     assert dm.num_samples == 5 and dm.image_size == 24 and dm.hparams["size"] == 24
+    assert (dm.seed, dm.rotate_limit) == (3, 5.0) and dm.hparams["seed"] == 3 and dm.hparams["flip_p"] == 0.5
 
 
 def test_data_dir_follows_the_environment_variable(tmp_path, monkeypatch):
