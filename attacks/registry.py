@@ -1,7 +1,9 @@
-"""Attack names -> classes, as timm's registry maps model names: configs name an attack and its budget."""
+"""Attack names -> classes, as timm's registry maps model names: configs name an attack and its budget.
+A config may also name its own attack by import path (``mypackage.attacks.MyAttack``)."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +54,27 @@ ATTACKS: dict[str, AttackEntry] = {
 }
 
 
+def attack_entry(name: str) -> AttackEntry:
+    """The registered attack ``name``, or the :class:`Attack` subclass at the import path ``name``
+    (``package.module.Class``) whose budget argument is its class attribute ``budget_argument`` (default
+    ``eps``; None for a minimal-perturbation attack)."""
+    if name in ATTACKS:
+        return ATTACKS[name]
+    if "." not in name:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}, or an import path")
+    module, _, attribute = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"attack {name!r}: cannot import it ({error})") from error
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ValueError(f"attack {name!r} is not a subclass of attacks.Attack")
+    return AttackEntry(cls, getattr(cls, "budget_argument", "eps"))
+
+
 def build_attack(name: str, budget: float | None = None, **settings: Any) -> Attack:
-    """The attack registered as ``name``, with ``budget`` set on its budget argument."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}")
-    entry = ATTACKS[name]
+    """The attack ``name`` (see :func:`attack_entry`), with ``budget`` set on its budget argument."""
+    entry = attack_entry(name)
     if budget is not None:
         if entry.budget is None:
             raise ValueError(f"attack {name!r} is a minimal-perturbation attack and takes no budget")

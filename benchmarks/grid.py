@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from attacks.base import Attack
-from attacks.registry import ATTACKS, build_attack
+from attacks.registry import attack_entry, build_attack
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "evaluation", "overrides", "datasets", "profiles"}
@@ -245,11 +245,13 @@ def attack_settings(attacks: Mapping[str, Any], where: str, budgets: Sequence[An
         entry = entry or {}
         check_keys(entry, ATTACK_KEYS, f"{where}.{label}")
         attack = entry.get("attack", label)
-        if attack not in ATTACKS:
-            raise ValueError(f"{where}.{label}: unknown attack {attack!r}; known: {', '.join(sorted(ATTACKS))}")
+        try:
+            registered = attack_entry(attack)
+        except ValueError as error:
+            raise ValueError(f"{where}.{label}: {error}") from error
         listed = entry.get("budgets", budgets if budgets is not None else [None])
         parsed = [parse_budget(value, f"{where}.{label}.budgets") for value in listed]
-        if ATTACKS[attack].budget is None and any(b is not None for b in parsed):
+        if registered.budget is None and any(b is not None for b in parsed):
             raise ValueError(f"{where}.{label}: {attack!r} is a minimal-perturbation attack; remove its budgets")
         settings = dict(entry.get("settings") or {})
         for budget in parsed:

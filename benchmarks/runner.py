@@ -5,6 +5,7 @@ config hash) are skipped, so a killed run resumes where it stopped."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -85,6 +87,14 @@ def cell_record(cell: Cell, status: str, **values: Any) -> CellRecord:
     )
 
 
+def multi_process() -> bool:
+    """Whether this process is one of several ranks (an initialised process group, or WORLD_SIZE > 1 as
+    torchrun and Lightning's launcher set it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size() > 1
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def pending_cells(benchmark: Benchmark, store: ResultsStore, shard: tuple[int, int]) -> tuple[list[Cell], int]:
     """The shard's cells not yet done under their current config hash, and how many the shard has."""
     cells = select_shard(benchmark.cells, *shard)
@@ -125,7 +135,11 @@ class BenchmarkRunner:
         return rank_zero_only.rank == 0
 
     def run_cell(self, cell: Cell, store: ResultsStore) -> CellRecord:
-        """Evaluate one cell and store it as done, or as failed with the error, without stopping the run."""
+        """Evaluate one cell and store it as done, or as failed with the error, without stopping the run.
+
+        In a multi-process run a failing rank also stores the failure, then stops the job: the other
+        ranks may be waiting for it in a collective operation, and Lightning's launcher, torchrun or
+        ``srun --kill-on-bad-exit`` end them when one rank exits with an error."""
         running = cell_record(cell, "running", versions=self.versions, host=self.host, started_at=now())
         if self.writer:
             store.start(running)
@@ -138,11 +152,15 @@ class BenchmarkRunner:
             task = getattr(trained[0].module, "task", "unknown")
             record = replace(running, status="done", metrics=metrics, settings=running.settings | {"task": task})
         except Exception:  # a failing cell is stored with its traceback; the other cells still run
-            record = replace(running, status="failed", error=traceback.format_exc())
-            print(f"rank {rank_zero_only.rank}: cell {cell.key} failed:\n{record.error}", file=sys.stderr)
+            record = replace(running, status="failed", error=f"rank {rank_zero_only.rank}: {traceback.format_exc()}")
+            print(f"cell {cell.key} failed on {record.error}", file=sys.stderr)
         record = replace(record, seconds=time.perf_counter() - start, finished_at=now())
-        if self.writer:
+        stop = record.status == "failed" and multi_process()
+        if self.writer or stop:
             store.finish(record, examples)
+        if stop:
+            raise SystemExit(f"rank {rank_zero_only.rank}: stopping the multi-process run after {cell.key} failed; "
+                             "run the same command again to redo it and the cells after it")
         return record
 
     def trained(self, spec: ModelSpec) -> TrainedModel:

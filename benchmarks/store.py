@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,14 @@ class ResultsStore:
             _insert(cursor, cell)
 
     def finish(self, cell: CellRecord, examples: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Record a cell as done or failed, with its examples, in one transaction."""
+        """Record a cell as done or failed, with its examples, in one transaction. A failure recorded over
+        a failed row keeps the earlier error first (several ranks of one run report one cell)."""
         with self.transaction() as cursor:
+            if cell.status == "failed":
+                row = cursor.execute("SELECT error FROM cells WHERE key = ? AND status = 'failed'", (cell.key,))
+                earlier = row.fetchone()
+                if earlier:
+                    cell = replace(cell, error=f"{earlier['error']}\n{cell.error}")
             cursor.execute("DELETE FROM cells WHERE key = ?", (cell.key,))
             _insert(cursor, cell)
             cursor.executemany(

@@ -76,6 +76,8 @@ def test_profiles_merge_into_datasets(tmp_path):
     [
         ({"attacks": {"fgsm": {"budget": [0.1]}}}, r"datasets.fundus.attacks.fgsm: unknown keys \['budget'\]"),
         ({"attacks": {"x": {"attack": "nope"}}}, "datasets.fundus.attacks.x: unknown attack 'nope'"),
+        ({"attacks": {"x": {"attack": "attacks.nope.Attack"}}}, "attacks.x: .*'attacks.nope.Attack': cannot import"),
+        ({"attacks": {"x": {"attack": "torch.nn.Linear"}}}, "attacks.x: .* is not a subclass of attacks.Attack"),
         ({"attacks": {"deepfool": {"budgets": [0.1]}}}, "minimal-perturbation attack"),
         ({"trainer": {}}, r"datasets.fundus: unknown keys \['trainer'\]"),
         ({"attacks": {"pgd": {"budgets": [0.1], "settings": {"step": 3}}}}, "attacks.pgd: .*keyword.*'step'"),
@@ -89,6 +91,15 @@ def test_profiles_merge_into_datasets(tmp_path):
 def test_config_errors_name_the_key(tmp_path, dataset, message):
     with pytest.raises(ValueError, match=message):
         load_benchmark(write_config(tmp_path, minimal(**dataset)))
+
+
+def test_an_attack_named_by_import_path_gets_its_budget(tmp_path):
+    path = "tests.benchmarks.rank_failing.FailsOnRankOne"
+    config = minimal(attacks={"mine": {"attack": path, "budgets": ["4/255"], "settings": {"norm": "l2"}}})
+    (cell,) = load_benchmark(write_config(tmp_path, config)).cells
+    attack = cell.attacks[0].build(seed=0)
+    assert type(attack).__name__ == "FailsOnRankOne" and attack.eps == pytest.approx(4 / 255)
+    assert attack.norm.name == "l2"
 
 
 def test_unknown_train_config_lists_the_shipped_ones(tmp_path):

@@ -1,9 +1,11 @@
 """`medadv run` end to end on a tiny grid, as users run it (a subprocess): kill -9 and resume gives the
-uninterrupted table, two shards merged give the full run, 2-process DDP gives the 1-process numbers."""
+uninterrupted table, two shards merged give the full run, 2-process DDP gives the 1-process numbers, and
+a cell failing on one DDP rank stops the job instead of hanging it."""
 
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import time
@@ -15,6 +17,7 @@ from benchmarks.store import ResultsStore
 from tests.benchmarks.cli_runs import ROOT, medadv, run_env, run_medadv
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
+FAILING = Path(__file__).parent / "configs" / "rank_failing.yaml"
 TIMING_METRICS = ("adv/seconds_per_image",)
 pytestmark = pytest.mark.slow
 
@@ -116,6 +119,30 @@ def test_ddp_on_two_processes_gives_the_one_process_numbers(full_run, tmp_path):
     store_path = tmp_path / "ddp.db"
     run_tiny(full_run, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--store", str(store_path))
     assert_same_tables(table(store_path), table(full_run / "results.db"))
+
+
+def test_a_cell_failing_on_one_rank_stops_the_ddp_run_instead_of_hanging(full_run, tmp_path):
+    store_path = tmp_path / "failing.db"
+    command = medadv("run", "--config", str(FAILING), "--output", str(full_run), "--store", str(store_path),
+                     "--no-report", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
+    process = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:  # a hang: end the whole process group, then fail
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0, output[-3000:]
+    with ResultsStore(store_path) as store:
+        records = {r.attack: r for r in store.records(status=None)}
+    assert records["fails_on_rank_1"].status == "failed"
+    assert "rank 1: Traceback" in records["fails_on_rank_1"].error
+    assert "injected failure on rank 1" in records["fails_on_rank_1"].error
+    assert "fgsm" not in records or records["fgsm"].status != "done"  # the run stopped at the failure
+    result = run_medadv(["run", "--config", str(FAILING), "--output", str(full_run), "--store", str(store_path),
+                         "--no-report"])  # one process: no rank 1, so the cell now succeeds, and fgsm runs
+    assert "2 cells run, 0 already done, 0 failed" in result.stdout
 
 
 def test_bad_arguments_name_themselves(tmp_path):
