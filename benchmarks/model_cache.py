@@ -27,7 +27,9 @@ class TrainedModel:
 
 
 def checkpoint_path(spec: ModelSpec, cache_dir: Path) -> Path:
-    return cache_dir / f"{spec.dataset}-{spec.label}-seed{spec.seed}-{spec.digest}.pt"
+    """The cache file of a model: named by what it is (train config, overrides, seed), not by its labels, so
+    every dataset and model label of any benchmark that trains the same model shares one file."""
+    return cache_dir / f"{spec.train_config.stem}-seed{spec.seed}-{spec.digest}.pt"
 
 
 def load_or_train(spec: ModelSpec, cache_dir: Path, trainer_args: Sequence[str] = ()) -> TrainedModel:
