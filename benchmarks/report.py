@@ -25,7 +25,7 @@ from benchmarks.tables import (
     select,
     task_of,
     to_markdown,
-    transfer_matrix,
+    transfer_matrices,
     transfer_overview,
     transfer_table,
     unique,
@@ -135,13 +135,12 @@ def example_images(records: Sequence[CellRecord], examples_of: ExamplesOf) -> li
 
 def transfer_section(records: Sequence[CellRecord]) -> Section:
     """All transfer attacks in the papers' layout, then a matrix table and heat map per attack and budget."""
-    overview = transfer_overview(records)
+    matrices = transfer_matrices(records)
+    overview = transfer_overview(matrices)
     blocks: list[Block] = [overview] if overview else []
-    for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records)):
-        matrix = transfer_matrix(select(records, attack=attack, budget=budget))
-        if matrix:
-            title = f"Transfer success rate: {attack} at {budget_text(budget)}"
-            blocks += [transfer_table(matrix, title), transfer_heatmap(matrix, title)]
+    for (attack, budget), matrix in matrices.items():
+        title = f"Transfer success rate: {attack} at {budget_text(budget)}"
+        blocks += [transfer_table(matrix, title), transfer_heatmap(matrix, title)]
     return Section("Transfer", 3, blocks)
 
 

@@ -135,7 +135,7 @@ class BenchmarkRunner:
         return rank_zero_only.rank == 0
 
     def run_cell(self, cell: Cell, store: ResultsStore) -> CellRecord:
-        """Evaluate one cell and store it as done, or as failed with the error, without stopping the run.
+        """Evaluate one cell and store it as done, or as failed with the error; one process goes on.
 
         In a multi-process run a failing rank also stores the failure, then stops the job: the other
         ranks may be waiting for it in a collective operation, and Lightning's launcher, torchrun or

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,12 @@ class TransferMatrix:
     targets: tuple[str, ...]
     rates: tuple[tuple[Summary | None, ...], ...]
 
+    def rate(self, source: str, target: str) -> Summary | None:
+        """The success rate of ``source`` -> ``target``; None for a pair this matrix lacks."""
+        if source not in self.sources or target not in self.targets:
+            return None
+        return self.rates[self.sources.index(source)][self.targets.index(target)]
+
 
 def transfer_pair(key: str) -> tuple[str, str] | None:
     """(source, target) of a ``{source}->{target}/success_rate`` key (a source may be an ensemble
@@ -252,21 +258,24 @@ def paper_columns(matrix: TransferMatrix) -> list[tuple[str, str]]:
             for target in sorted(matrix.targets, key=lambda t: (t == source, matrix.targets.index(t)))]
 
 
-def transfer_overview(records: Sequence[CellRecord]) -> Table | None:
-    """Every transfer attack in one table as the exposure paper lays out Tables 1-3: a row per attack and
-    budget, a column per crafted-from -> attacked pair, each source's white-box column last."""
-    matrices = {
+def transfer_matrices(records: Sequence[CellRecord]) -> dict[tuple[str, str], TransferMatrix]:
+    """The transfer matrix of every (attack, budget) in grid order."""
+    return {
         (attack, budget): matrix
         for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records))
         if (matrix := transfer_matrix(select(records, attack=attack, budget=budget)))
     }
+
+
+def transfer_overview(matrices: Mapping[tuple[str, str], TransferMatrix]) -> Table | None:
+    """Every transfer attack in one table as the exposure paper lays out Tables 1-3: a row per attack and
+    budget, a column per crafted-from -> attacked pair, each source's white-box column last."""
     if not matrices:
         return None
     columns = unique(pair for matrix in matrices.values() for pair in paper_columns(matrix))
     rows = tuple(
-        (f"{attack} at {budget_text(budget)}",
-         *(summarize(select(records, attack=attack, budget=budget), f"{s}->{t}/success_rate") for s, t in columns))
-        for attack, budget in matrices
+        (f"{attack} at {budget_text(budget)}", *(matrix.rate(s, t) for s, t in columns))
+        for (attack, budget), matrix in matrices.items()
     )
     return Table("Transfer success rate (papers' layout)", ("attack", *(f"{s} → {t}" for s, t in columns)), rows,
                  "Columns grouped by the model the examples were crafted on; the last of each group is white-box.")

@@ -24,6 +24,7 @@ from benchmarks.tables import (
     perturbation_table,
     quality_table,
     result_rows,
+    transfer_matrices,
     transfer_matrix,
     transfer_overview,
     transfer_table,
@@ -128,11 +129,11 @@ def test_transfer_overview_groups_columns_by_source_with_white_box_last():
     records = [cell("transfer", "fundus", "transfer", attack, budget, 0,
                     {f"{pair}/success_rate": rate * scale for pair, rate in rates.items()}, "classification")
                for attack, budget, scale in (("bef", "0.01", 1.0), ("fgsm", "32_255", 0.5))]
-    table = transfer_overview(records)
+    table = transfer_overview(transfer_matrices(records))
     assert table.header == ("attack", "a → b", "a → a", "b → a", "b → b")
     assert column(table, "fgsm at 32/255", "a → b").mean == pytest.approx(0.15)
     assert column(table, "bef at 0.01", "b → b").mean == 0.9
-    assert transfer_overview([attack_cell("pgd", "8_255", 0, **{"adv/accuracy": 0.1})]) is None
+    assert transfer_overview(transfer_matrices([attack_cell("pgd", "8_255", 0, **{"adv/accuracy": 0.1})])) is None
 
 
 def test_detection_table_has_detectors_as_columns():

@@ -38,6 +38,18 @@ def test_a_failed_finish_leaves_the_previous_row(tmp_path):
         assert store.examples("a") == []
 
 
+def test_failures_of_one_cell_from_two_ranks_keep_both_errors_and_a_new_start_clears_them(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.start(record("a"))
+        store.finish(dataclasses.replace(record("a", "failed"), error="rank 1: out of memory"))
+        store.finish(dataclasses.replace(record("a", "failed"), error="rank 0: connection closed"))
+        (failed,) = store.records(status="failed")
+        assert failed.error == "rank 1: out of memory\nrank 0: connection closed"
+        store.start(record("a"))
+        store.finish(dataclasses.replace(record("a", "failed"), error="rank 0: again"))
+        assert store.records(status="failed")[0].error == "rank 0: again"
+
+
 def test_rerunning_a_cell_drops_its_old_examples(tmp_path):
     with ResultsStore(tmp_path / "r.db") as store:
         store.finish(record("a", "done", 1.0), [("old", b"1"), ("old2", b"2")])
