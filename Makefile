@@ -1,10 +1,11 @@
-# MedAdvBench: `make run` runs the main job, `make test` the whole test suite.
+# MedAdvBench: `make run` runs the main job, `make test` the whole test suite, `make lint` ruff and the
+# import contracts (.importlinter), `make test-fast` the suite minus the `slow` tests while developing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint clean browser
+.PHONY: run test test-fast lint clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ run: $(STAMP)
 test: $(STAMP) browser
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
 
+# The suite minus the tests marked `slow` (training, multi-process jobs); CI still runs `make test`.
+test-fast: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -m "not slow"
+
 # The report test opens the HTML report in Debian's headless chromium: install it when missing and we are
 # root with apt-get; otherwise say so and go on (that test then skips with the reason).
 browser:
@@ -32,6 +37,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

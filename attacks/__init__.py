@@ -1,0 +1,61 @@
+"""The attack library: pure tensor code written against the task objective (``attacks.base.Objective``).
+
+``from attacks import PGD`` gives an attack class; ``build_attack("pgd", 8 / 255)`` builds one by its
+registered name, as configs do. Every attack is called as ``attack(objective, images, target, ids=None)``.
+"""
+
+from attacks.apgd import APGD
+from attacks.base import Attack, AttackResult, AttackTrace, Objective, SampleRandom, frozen_model
+from attacks.cw import CWL2, CWLinf
+from attacks.deepfool import DeepFool
+from attacks.dense import DenseAdversaryGeneration
+from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
+from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, GradientAttack
+from attacks.norms import L2, NORMS, Linf, Norm
+from attacks.one_pixel import OnePixelAttack
+from attacks.registry import ATTACKS, AttackEntry, attack_entry, build_attack
+from attacks.smia import SMIA
+from attacks.square import SquareAttack
+from attacks.targets import TARGET_MODES
+from attacks.transfer import EnsembleObjective, TransferAttack
+from attacks.universal import UniversalPerturbation
+
+__all__ = [
+    "APGD",
+    "ATTACKS",
+    "BIM",
+    "CWL2",
+    "FGSM",
+    "L2",
+    "MIFGSM",
+    "NORMS",
+    "PGD",
+    "SMIA",
+    "TARGET_MODES",
+    "TIBIM",
+    "TIFGSM",
+    "TIMIFGSM",
+    "Attack",
+    "AttackEntry",
+    "AttackResult",
+    "AttackTrace",
+    "BracketedExposureFusion",
+    "CWLinf",
+    "ConvolutionalBracketedExposureFusion",
+    "DeepFool",
+    "DenseAdversaryGeneration",
+    "EnsembleObjective",
+    "GradientAttack",
+    "Linf",
+    "MultiplicativeExposure",
+    "Norm",
+    "Objective",
+    "OnePixelAttack",
+    "SampleRandom",
+    "SquareAttack",
+    "TransferAttack",
+    "UniversalPerturbation",
+    "attack_entry",
+    "build_attack",
+    "frozen_model",
+]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import AttackResult, Objective, SampleRandom, TraceRecorder, check_positive
+from attacks.base import AttackResult, Objective, SampleRandom, TraceRecorder, check_fraction
 from attacks.gradient import GradientAttack
 from attacks.norms import per_sample
 
@@ -42,34 +42,20 @@ class APGD(GradientAttack):
     """
 
     name = "apgd_ce"
+    defaults = {"eps": 8 / 255, "steps": 100, "random_start": True}
+    fixed = {"alpha": None, "decay": 0.0, "kernel_size": None, "sigma": None, "early_stop": False}
 
-    def __init__(
-        self,
-        eps: float = 8 / 255,
-        steps: int = 100,
-        norm: str = "linf",
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        random_start: bool = True,
-        target_mode: str = "untargeted",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            alpha=2 * eps,
-            steps=steps,
-            norm=norm,
-            random_start=random_start,
-            target_mode=target_mode,
-            seed=seed,
-        )
-        for name, value in (("rho", rho), ("momentum", momentum)):
-            check_positive(name, value)
-            if value > 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    def __init__(self, rho: float = 0.75, momentum: float = 0.75, **options: Any) -> None:
+        super().__init__(**options)
+        check_fraction("rho", rho, allow_zero=True)
+        check_fraction("momentum", momentum, allow_zero=True)
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.checkpoints = set(checkpoints(self.steps))
+
+    def default_alpha(self, eps: float, steps: int) -> float:
+        """The initial step size eta = 2 eps of Algorithm 1."""
+        return 2 * eps
 
     def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, random)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -174,21 +176,29 @@ class SampleRandom:
 
 
 @contextlib.contextmanager
-def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients while attacking; restores mode and flags on exit."""
-    modes = {name: module.training for name, module in model.named_modules()}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every submodule in eval mode inside the block; each submodule's own mode restored on exit."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    for p in model.parameters():
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
+def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients while attacking; restores modes and flags on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
         p.requires_grad_(False)
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
             yield model
     finally:
-        for name, module in model.named_modules():
-            module.training = modes[name]
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def input_gradient(objective: Objective, images: Tensor, target: Any, sign: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -200,16 +210,93 @@ def input_gradient(objective: Objective, images: Tensor, target: Any, sign: floa
 
 
 def check_positive(name: str, value: float, allow_zero: bool = True) -> None:
-    """Raise ValueError naming the argument when ``value`` is negative (or zero when not allowed)."""
-    if value < 0 or (not allow_zero and value == 0):
+    """Raise ValueError naming the argument unless ``value`` is a finite number >= 0 (> 0 without zero)."""
+    if not math.isfinite(value) or value < 0 or (not allow_zero and value == 0):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
-def check_steps(name: str, value: int) -> None:
-    """Raise ValueError naming the argument unless ``value`` is an integer >= 1."""
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_fraction(name: str, value: float, allow_zero: bool = False) -> None:
+    """Raise ValueError naming the argument unless ``value`` lies in (0, 1] ([0, 1] with ``allow_zero``)."""
+    if not (0 <= value <= 1) or (not allow_zero and value == 0):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_steps(name: str, value: int, minimum: int = 1) -> None:
+    """Raise ValueError naming the argument unless ``value`` is an integer >= ``minimum``."""
+    if not math.isfinite(value) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def fooled_fraction(hit: Tensor) -> Tensor:
+    """Per-sample (B,) fraction of positions fooled, from a (B, ...) bool mask: 0 or 1 for one position
+    (classification), a pixel or proposal average for dense tasks."""
+    return hit.float().reshape(hit.shape[0], -1).mean(dim=1)
+
+
+def plain_setting(value: Any) -> Any:
+    """A setting as plain JSON-able data: numbers, strings and None as they are, an attack as its settings,
+    a threat model by its ``name``, sequences element-wise, anything else by its class name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Attack):
+        return {"class": type(value).__name__, **value.settings}
+    if isinstance(getattr(value, "name", None), str):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [plain_setting(item) for item in value]
+    return type(value).__name__
+
+
+def constructor_signature(cls: type) -> tuple[inspect.Signature, Callable[..., None]]:
+    """The signature an attack class is constructed with, and the function that does the work.
+
+    A class without its own ``__init__`` takes its parent's arguments, with its ``defaults`` as new default
+    values and without its ``fixed`` ones. A class whose ``__init__`` ends in ``**options`` takes its own
+    arguments and then those of its parent (keyword-only), ``defaults`` and ``fixed`` applied the same way.
+    """
+    parent = cls.__mro__[1].__init__
+    own = cls.__dict__.get("__init__")
+    defaults, fixed = cls.__dict__.get("defaults", {}), cls.__dict__.get("fixed", {})
+    own_parameters = list(inspect.signature(own).parameters.values()) if own else []
+    if own and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own_parameters):
+        if defaults or fixed:
+            raise TypeError(f"{cls.__name__}: defaults/fixed need an __init__ that passes **options on")
+        return inspect.signature(own), own
+    inherited = inspect.signature(parent).parameters
+    unknown = sorted((set(defaults) | set(fixed)) - set(inherited))
+    if unknown:
+        raise TypeError(f"{cls.__name__}: defaults/fixed name arguments its parent does not take: {unknown}")
+    named = [p for p in own_parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    kind = inspect.Parameter.KEYWORD_ONLY if own else None
+    taken = {p.name for p in named}
+    parameters = named or [inherited["self"]]
+    parameters += [
+        p.replace(default=defaults.get(name, p.default), kind=kind or p.kind)
+        for name, p in inherited.items()
+        if name not in fixed and name not in taken and name != "self"
+    ]
+    return inspect.Signature(parameters), own or parent
+
+
+def configured_init(cls: type) -> Callable[..., None]:
+    """``cls``'s constructor (see ``constructor_signature``) that first records the outermost call's
+    arguments, defaults filled in, for ``Attack.settings``."""
+    signature, body = constructor_signature(cls)
+    fixed = cls.__dict__.get("fixed", {})
+
+    def __init__(self: Attack, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(list(bound.arguments.items())[1:])
+        if "_arguments" not in self.__dict__:
+            self._arguments = arguments
+        body(self, **arguments, **fixed)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__doc__ = body.__doc__
+    return __init__
 
 
 class Attack:
@@ -217,12 +304,37 @@ class Attack:
 
     ``__call__`` applies the model-unchanged rule, seeds the call's random draws (per sample when the
     samples' ``ids`` are given, see ``SampleRandom``), checks the input and clamps the output to [0, 1].
+    ``settings`` records every constructor argument with its effective value, for every subclass. A
+    variant that only changes its parent's configuration writes no constructor: it declares ``defaults``
+    (new default values) and ``fixed`` (arguments it sets and does not accept); one that adds arguments
+    takes them and passes ``**options`` on (see ``constructor_signature``).
     """
 
     name: str = "attack"
+    defaults: ClassVar[dict[str, Any]] = {}
+    fixed: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(name in cls.__dict__ for name in ("__init__", "defaults", "fixed")):
+            cls.__init__ = configured_init(cls)
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+        check_steps("seed", seed, minimum=0)
+        self.seed = int(seed)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every constructor argument (and each ``fixed`` one) with its effective value as plain data: the
+        attribute of the same name where the attack keeps one (e.g. the step size a None ``alpha`` became),
+        else the argument as passed or defaulted."""
+        arguments = dict(getattr(self, "_arguments", {"seed": self.seed}))
+        for cls in reversed(type(self).__mro__):
+            arguments |= cls.__dict__.get("fixed", {})
+        return {name: plain_setting(getattr(self, name, value)) for name, value in arguments.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings.items())})"
 
     def __call__(
         self, objective: Objective, images: Tensor, target: Any, ids: Sequence[str] | None = None

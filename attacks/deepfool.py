@@ -20,7 +20,9 @@ class DeepFool(Attack):
     f_k - f_orig with w_k = grad(f_k - f_orig), steps to the nearest boundary
     r = (|f_l - f_orig| / ||w_l||_2 + 1e-4) w_l / ||w_l||_2, and accumulates r;
     x_adv = clamp(x + (1 + overshoot) * sum r). Batched over samples, looping over classes only; samples
-    already fooled stop updating. Classification objectives only (logits (B, K)).
+    already fooled stop updating, and samples the clean model already misclassifies (prediction != target)
+    are returned unchanged, as in the reference implementations: an untargeted attack never repairs a
+    sample. Classification objectives only (logits (B, K)).
     """
 
     name = "deepfool"
@@ -44,14 +46,14 @@ class DeepFool(Attack):
         classes = clean_logits.topk(min(self.candidates, clean_logits.shape[1]), dim=1).indices
         total_step = torch.zeros_like(images)
         adv = images.clone()
-        active = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+        active = classes[:, 0] == target
         recorder = TraceRecorder(images)
         for _ in range(self.steps):
+            if not active.any():
+                break
             index = active.nonzero().squeeze(1)
             step, fooled = self.boundary_step(objective, adv[index], classes[index])
             active[index[fooled]] = False
-            if not active.any():
-                break
             update = torch.zeros_like(images).index_copy_(0, index, step)
             total_step = total_step + update * per_sample(active, update)
             adv = (images + (1 + self.overshoot) * total_step).clamp(0.0, 1.0)

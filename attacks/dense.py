@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
+from attacks.norms import norm_by_name
 
 LABEL_MAPPINGS = ("permutation", "next")
 
@@ -41,7 +42,8 @@ class DenseAdversaryGeneration(Attack):
     position is correct or ``max_iter``.
 
     ``gamma`` defaults to the paper's 0.5 on its 0-255 pixel scale (0.5 / 255 here); ``eps``
-    optionally bounds the accumulated perturbation in Linf so DAG can be compared at a budget.
+    optionally bounds the accumulated perturbation in ``norm`` (a threat model of ``attacks.norms``) so
+    DAG can be compared at a budget.
     Positions whose label lies outside [0, K) (e.g. ignored proposals) are never targets.
     """
 
@@ -53,6 +55,7 @@ class DenseAdversaryGeneration(Attack):
         max_iter: int = 200,
         label_mapping: str = "permutation",
         eps: float | None = None,
+        norm: str = "linf",
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
@@ -66,6 +69,7 @@ class DenseAdversaryGeneration(Attack):
         self.max_iter = int(max_iter)
         self.label_mapping = label_mapping
         self.eps = None if eps is None else float(eps)
+        self.norm = norm_by_name(norm)
 
     def run(
         self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
@@ -90,7 +94,7 @@ class DenseAdversaryGeneration(Attack):
             step = torch.where(scale > 0, self.gamma * gradient / scale, torch.zeros_like(gradient))
             perturbation = adv.detach() + step - images
             if self.eps is not None:
-                perturbation = perturbation.clamp(-self.eps, self.eps)
+                perturbation = self.norm.project(perturbation, self.eps)
             adv = (images + perturbation).clamp(0.0, 1.0)
             recorder.step(adv - images, active=active.any(dim=1))
         return AttackResult(adv, recorder.finish(adv - images))

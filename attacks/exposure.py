@@ -198,17 +198,8 @@ class ConvolutionalBracketedExposureFusion(BracketedExposureFusion):
 
     name = "cbef"
 
-    def __init__(
-        self,
-        levels: int = 3,
-        kernel_size: int = 3,
-        brackets: int = 5,
-        exposure_range: float = 1.0,
-        alpha: float = 0.01,
-        steps: int = 10,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(levels, brackets, exposure_range, alpha, steps, seed)
+    def __init__(self, kernel_size: int = 3, **options: Any) -> None:
+        super().__init__(**options)
         if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
         self.kernel_size = int(kernel_size)

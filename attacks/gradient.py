@@ -1,9 +1,11 @@
 """The gradient family: one projected-gradient loop; FGSM, BIM, PGD, MI-FGSM and the TI variants are
 configurations of it (foolbox's gradient_descent_base shape).
 
-Defaults: eps 32/255 (the exposure-attack paper's budget for its six gradient baselines); steps and step
-sizes of FGSM, BIM and PGD from Ma et al. 2020, Sec. 4 (BIM 40 steps of eps/40, PGD 20 of eps/10);
-MI-FGSM and TI from Dong et al. 2018 / 2019 (10 steps of eps/10, decay 1, 15 x 15 kernel).
+Defaults: eps 32/255 (the exposure-attack paper's budget for its six gradient baselines); 10 steps, whose
+size follows the number of steps as each method's paper sets it: PGD 2.5 eps / steps (Madry et al. 2018),
+BIM 1.25 eps / steps (Kurakin et al. 2017), MI-FGSM and TI eps / steps (Dong et al. 2018 / 2019, decay 1,
+15 x 15 kernel). A paper's own schedule (Ma et al. 2020: BIM 40 x eps/40, PGD 20 x eps/10) lives in
+that paper suite's config (``alpha: eps/10``), not in the class defaults.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class GradientAttack(Attack):
     4. delta = project(x_t - x + alpha * normalise_step(v), eps);  x_{t+1} = clamp(x + delta, 0, 1)
 
     ``x_0`` is the clean image, or a uniform draw from the eps-ball with ``random_start``. ``alpha``
-    None means eps / steps. ``norm`` is "linf" (sign steps, clipping) or "l2" (unit-L2 steps, radial
+    None means ``default_alpha(eps, steps)``. ``norm`` is "linf" (sign steps, clipping) or "l2" (unit-L2 steps, radial
     projection). ``target_mode`` (see ``attacks.targets``) makes the default loss descend towards a goal.
     ``early_stop`` (classification only, as in AutoAttack) attacks only the samples the clean images do
     not already fool and stops a sample once fooled; each step runs on the still-active samples only.
@@ -69,7 +71,7 @@ class GradientAttack(Attack):
         check_positive("eps", eps)
         check_steps("steps", steps)
         check_positive("decay", decay)
-        alpha = eps / steps if alpha is None else alpha
+        alpha = self.default_alpha(eps, steps) if alpha is None else alpha
         check_positive("alpha", alpha)
         self.eps = float(eps)
         self.alpha = float(alpha)
@@ -80,6 +82,10 @@ class GradientAttack(Attack):
         self.smoothing = None if kernel_size is None else GaussianBlur(kernel_size, sigma)
         self.targets = TargetMode(target_mode)
         self.early_stop = bool(early_stop)
+
+    def default_alpha(self, eps: float, steps: int) -> float:
+        """The step size ``alpha`` None stands for: eps / steps, so the steps add up to the budget."""
+        return eps / steps
 
     def step_loss(
         self, objective: Objective, outputs: Any, adv: Tensor, images: Tensor, target: Any, step: int
@@ -168,73 +174,39 @@ class GradientAttack(Attack):
 
 
 class FGSM(GradientAttack):
-    """Fast gradient sign method: one step of size eps (Goodfellow et al. 2015; Ma et al. 2020, Eq. 4)."""
+    """Fast gradient sign method: one eps step (Goodfellow et al. 2015; Ma et al. 2020, Eq. 4); with a
+    random start and ``alpha`` it is the FGSM of fast adversarial training (Wong et al. 2020)."""
 
     name = "fgsm"
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps=eps, steps=1, norm=norm, target_mode=target_mode, early_stop=early_stop, seed=seed)
+    fixed = {"steps": 1}
 
 
 class BIM(GradientAttack):
     """Basic iterative method / I-FGSM, clipped to the eps-ball (Kurakin et al. 2017; Ma et al. 2020, Eq. 5).
 
-    Ma et al. use 40 steps of eps / 40.
+    Kurakin et al. take steps of 1/255 for min(eps + 4, 1.25 eps) steps (eps in grey levels), so the steps
+    add up to 1.25 eps: ``alpha`` None is 1.25 eps / steps. Ma et al. use 40 steps of eps / 40 (their
+    suite's config).
     """
 
     name = "bim"
 
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        alpha: float | None = None,
-        steps: int = 40,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps, alpha=alpha, steps=steps, norm=norm, target_mode=target_mode, early_stop=early_stop, seed=seed
-        )
+    def default_alpha(self, eps: float, steps: int) -> float:
+        return 1.25 * eps / steps
 
 
 class PGD(GradientAttack):
     """Projected gradient descent with a uniform random start (Madry et al. 2018; Ma et al. 2020, Eq. 6).
 
-    Ma et al. use 20 steps of eps / 10 (``alpha`` None).
+    ``alpha`` None is 2.5 eps / steps (Madry et al.), so from any random start the steps can reach every
+    corner of the eps-ball. Ma et al. use 20 steps of eps / 10 (their suite's config).
     """
 
     name = "pgd"
+    defaults = {"random_start": True}
 
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        alpha: float | None = None,
-        steps: int = 20,
-        norm: str = "linf",
-        random_start: bool = True,
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            alpha=eps / 10 if alpha is None else alpha,
-            steps=steps,
-            norm=norm,
-            random_start=random_start,
-            target_mode=target_mode,
-            early_stop=early_stop,
-            seed=seed,
-        )
+    def default_alpha(self, eps: float, steps: int) -> float:
+        return 2.5 * eps / steps
 
 
 class MIFGSM(GradientAttack):
@@ -242,115 +214,26 @@ class MIFGSM(GradientAttack):
     Eq. 6-7); 10 steps of eps / 10 with decay 1 as in the paper."""
 
     name = "mi_fgsm"
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        alpha: float | None = None,
-        steps: int = 10,
-        decay: float = 1.0,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            alpha=alpha,
-            steps=steps,
-            norm=norm,
-            decay=decay,
-            target_mode=target_mode,
-            early_stop=early_stop,
-            seed=seed,
-        )
+    defaults = {"decay": 1.0}
 
 
-class TIFGSM(GradientAttack):
+class TIFGSM(FGSM):
     """Translation-invariant FGSM: one eps step along sign(W * g), W a centred Gaussian kernel
     (Dong et al. 2019, Eq. 8)."""
 
     name = "ti_fgsm"
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        kernel_size: int = TI_KERNEL_SIZE,
-        sigma: float | None = None,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            steps=1,
-            norm=norm,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            target_mode=target_mode,
-            early_stop=early_stop,
-            seed=seed,
-        )
+    defaults = {"kernel_size": TI_KERNEL_SIZE}
 
 
-class TIBIM(GradientAttack):
+class TIBIM(BIM):
     """Translation-invariant BIM (TI-IFGSM): BIM on the smoothed gradient W * g (Dong et al. 2019, Eq. 8)."""
 
     name = "ti_bim"
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        alpha: float | None = None,
-        steps: int = 10,
-        kernel_size: int = TI_KERNEL_SIZE,
-        sigma: float | None = None,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            alpha=alpha,
-            steps=steps,
-            norm=norm,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            target_mode=target_mode,
-            early_stop=early_stop,
-            seed=seed,
-        )
+    defaults = {"kernel_size": TI_KERNEL_SIZE}
 
 
-class TIMIFGSM(GradientAttack):
+class TIMIFGSM(MIFGSM):
     """Translation-invariant MI-FGSM: momentum over the smoothed gradient W * g (Dong et al. 2019, Eq. 8)."""
 
     name = "ti_mi_fgsm"
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        alpha: float | None = None,
-        steps: int = 10,
-        decay: float = 1.0,
-        kernel_size: int = TI_KERNEL_SIZE,
-        sigma: float | None = None,
-        norm: str = "linf",
-        target_mode: str = "untargeted",
-        early_stop: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            alpha=alpha,
-            steps=steps,
-            norm=norm,
-            decay=decay,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            target_mode=target_mode,
-            early_stop=early_stop,
-            seed=seed,
-        )
+    defaults = {"kernel_size": TI_KERNEL_SIZE}

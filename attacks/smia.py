@@ -20,24 +20,18 @@ class SMIA(GradientAttack):
     The reference f(x + W * eta) is detached (``objective.divergence``): it fills the label slot of
     L in Eq. 4, like Y, and to second order (Eq. 5) the resulting step moves x~ towards x + W * eta,
     shrinking eta' as the KL analysis asks. ``stabilisation_weight`` is the paper's alpha; 0 gives
-    the DEV-only ablation, identical to BIM. Paper: 10 iterations, alpha 1.
+    the DEV-only ablation, identical to BIM. Paper: 10 iterations, alpha 1. ``kernel_size`` and ``sigma``
+    are W's (not the gradient smoothing of the TI attacks).
     """
 
     name = "smia"
+    defaults = {"eps": 0.05}
+    fixed = {"target_mode": "untargeted"}
 
     def __init__(
-        self,
-        eps: float = 0.05,
-        alpha: float | None = None,
-        steps: int = 10,
-        stabilisation_weight: float = 1.0,
-        kernel_size: int = 5,
-        sigma: float | None = 1.0,
-        norm: str = "linf",
-        early_stop: bool = False,
-        seed: int = 0,
+        self, stabilisation_weight: float = 1.0, kernel_size: int = 5, sigma: float | None = 1.0, **options: Any
     ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, early_stop=early_stop, seed=seed)
+        super().__init__(**options)
         check_positive("stabilisation_weight", stabilisation_weight)
         self.stabilisation_weight = float(stabilisation_weight)
         self.stabiliser = GaussianBlur(kernel_size, sigma)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_fraction, check_positive
 from attacks.blackbox import class_logits, goal_queries, succeeded
 from attacks.cw import class_margin
 from attacks.targets import TargetMode
@@ -73,8 +73,7 @@ class SquareAttack(Attack):
         check_positive("eps", eps)
         if int(max_queries) != max_queries or max_queries < 2:
             raise ValueError(f"max_queries must be an integer >= 2 (clean check, start), got {max_queries!r}")
-        if not 0 < p_init <= 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        check_fraction("p_init", p_init)
         self.eps = eps
         self.max_queries = int(max_queries)
         self.p_init = p_init

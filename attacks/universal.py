@@ -19,8 +19,10 @@ from attacks.base import (
     Objective,
     SampleRandom,
     TraceRecorder,
+    check_fraction,
     check_positive,
     check_steps,
+    fooled_fraction,
     frozen_model,
     input_gradient,
 )
@@ -44,13 +46,12 @@ def batch_images(batch: Any) -> Tensor:
     raise ValueError(f"batch must be a dict with 'image' or an (images, target) tuple, not {kind}")
 
 
-def fooled_fraction(predictions: Tensor, reference: Tensor | None, target_class: int | None) -> Tensor:
+def fooled_by(predictions: Tensor, reference: Tensor | None, target_class: int | None) -> Tensor:
     """Per-sample fraction of positions fooled: prediction changed from ``reference`` (non-targeted) or
     equal to ``target_class`` (targeted). 0 or 1 for classification, a pixel average for dense tasks."""
     if not isinstance(predictions, Tensor):
         raise ValueError("universal perturbations need tensor predictions (classification or segmentation)")
-    hit = predictions != reference if target_class is None else predictions == target_class
-    return hit.float().reshape(hit.shape[0], -1).mean(dim=1)
+    return fooled_fraction(predictions != reference if target_class is None else predictions == target_class)
 
 
 @torch.no_grad()
@@ -62,13 +63,13 @@ def fooling_rate(objective: Objective, images: Tensor, adv: Tensor) -> float:
     """Fraction of samples whose prediction changed from clean (per-pixel fraction for dense tasks)."""
     with frozen_model(objective.model):
         reference = _predict(objective, images)
-        return fooled_fraction(_predict(objective, adv), reference, None).mean().item()
+        return fooled_by(_predict(objective, adv), reference, None).mean().item()
 
 
 def targeted_success_rate(objective: Objective, adv: Tensor, target_class: int) -> float:
     """Fraction of samples predicted as ``target_class`` (per-pixel fraction for dense tasks)."""
     with frozen_model(objective.model):
-        return fooled_fraction(_predict(objective, adv), None, target_class).mean().item()
+        return fooled_by(_predict(objective, adv), None, target_class).mean().item()
 
 
 def model_device(objective: Objective) -> torch.device:
@@ -105,8 +106,7 @@ class UniversalPerturbation(Attack):
         step = eps / 10 if step is None else step
         check_positive("step", step, allow_zero=False)
         check_steps("max_epochs", max_epochs)
-        if not 0 < target_fooling_rate <= 1:
-            raise ValueError(f"target_fooling_rate must be in (0, 1], got {target_fooling_rate!r}")
+        check_fraction("target_fooling_rate", target_fooling_rate)
         if target_class is not None and (int(target_class) != target_class or target_class < 0):
             raise ValueError(f"target_class must be a class index >= 0 or None, got {target_class!r}")
         self.eps = eps
@@ -117,11 +117,6 @@ class UniversalPerturbation(Attack):
         self.target_class = target_class
         self.perturbation: Tensor | None = None
         self.fit_history: list[float] = []
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments, enough to rebuild this attack."""
-        names = ("eps", "norm", "step", "max_epochs", "target_fooling_rate", "target_class", "seed")
-        return {name: getattr(self, name) for name in names}
 
     def fit(self, objective: Objective, loader: Iterable[Any]) -> Tensor:
         """Fit v (C, H, W) on ``loader``; stores it in ``self.perturbation`` and the per-epoch rates in
@@ -160,7 +155,7 @@ class UniversalPerturbation(Attack):
         reference = self._reference(objective, images)
         adv = (images + perturbation).clamp(0, 1)
         predictions = _predict(objective, adv)
-        active = fooled_fraction(predictions, reference, self.target_class) < 0.5
+        active = fooled_by(predictions, reference, self.target_class) < 0.5
         if not active.any():
             return perturbation
         if self.target_class is None:
@@ -179,7 +174,7 @@ class UniversalPerturbation(Attack):
             images = self._batch_images(batch, perturbation, device)
             adv = (images + perturbation).clamp(0, 1)
             reference = self._reference(objective, images)
-            hit = fooled_fraction(_predict(objective, adv), reference, self.target_class)
+            hit = fooled_by(_predict(objective, adv), reference, self.target_class)
             fooled, count = fooled + hit.sum().item(), count + len(hit)
         return fooled / count
 
@@ -205,7 +200,7 @@ class UniversalPerturbation(Attack):
         """Write the perturbation and its configuration with torch.save."""
         if self.perturbation is None:
             raise ValueError("UniversalPerturbation is not fitted: nothing to save")
-        torch.save({"perturbation": self.perturbation.cpu(), "config": self.config()}, path)
+        torch.save({"perturbation": self.perturbation.cpu(), "config": self.settings}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UniversalPerturbation:

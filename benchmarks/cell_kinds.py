@@ -12,9 +12,10 @@ import lightning.pytorch as pl
 import torch
 from torchvision.io import encode_png
 
+from attacks.budgets import budget_label
 from benchmarks.grid import AttackSetting, Cell
 from callbacks.adversarial_detection import AdversarialDetectionEvaluation, detection_metrics
-from callbacks.attack_eval import AdversarialEvaluation, AttackSpec, budget_label
+from callbacks.attack_eval import AdversarialEvaluation, AttackSpec
 from callbacks.detector_features import DetectionReport
 from callbacks.examples import Example
 from callbacks.transfer import TESTED, TransferEvaluation

@@ -13,13 +13,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from attacks.budgets import budget_text, budget_value
 from benchmarks.store import CellRecord
 from benchmarks.tables import (
     METRIC_NAMES,
     Summary,
     TransferMatrix,
-    budget_text,
-    budget_value,
     ordered_budgets,
     select,
     summarize,

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from attacks.base import Attack
+from attacks.budgets import budget_label, parse_budget, scaled_by_budget
 from attacks.registry import attack_entry, build_attack
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -41,20 +42,6 @@ def resolve_config(name_or_path: str | Path, folder: str = "") -> Path:
         return shipped
     available = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
     raise FileNotFoundError(f"config {str(name_or_path)!r} not found (shipped configs in {directory}: {available})")
-
-
-def parse_budget(value: Any, where: str) -> float | None:
-    """A budget from YAML: a number, a fraction string such as ``8/255``, or null for minimal-norm attacks."""
-    if value is None or value == "min":
-        return None
-    try:
-        numerator, _, denominator = str(value).replace(" ", "").partition("/")
-        budget = float(numerator) / float(denominator or 1)
-    except (ValueError, ZeroDivisionError) as error:
-        raise ValueError(f"{where}: budget {value!r} is neither a number nor a fraction like 8/255") from error
-    if budget < 0:
-        raise ValueError(f"{where}: budget must be >= 0, got {value!r}")
-    return budget
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,13 +96,15 @@ class AttackSetting:
     settings: dict[str, Any]
     budget: float | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "name": self.name, "settings": self.settings, "budget": self.budget}
+    def as_dict(self, seed: int) -> dict[str, Any]:
+        """Label, name, budget and the built attack's full settings (``Attack.settings``) at ``seed``."""
+        return {"label": self.label, "name": self.name, "budget": self.budget, "settings": self.build(seed).settings}
 
     def build(self, seed: int, budget: float | None = None) -> Attack:
         """The registry attack at ``budget`` (default: this setting's), seeded with ``seed`` unless its
-        settings name a seed."""
-        return build_attack(self.name, self.budget if budget is None else budget, **{"seed": seed, **self.settings})
+        settings name a seed; settings relative to the budget (``alpha: eps/10``) are resolved at it."""
+        budget = self.budget if budget is None else budget
+        return build_attack(self.name, budget, **{"seed": seed, **budget_settings(self.settings, budget, self.label)})
 
 
 @dataclass(frozen=True)
@@ -136,8 +125,6 @@ class Cell:
 
     @property
     def budget_label(self) -> str:
-        from callbacks.attack_eval import budget_label
-
         return budget_label(self.budget)
 
     @property
@@ -153,7 +140,7 @@ class Cell:
             "budget": self.budget,
             "models": {spec.label: {"config": str(spec.train_config), "args": spec.args, "digest": spec.digest}
                        for spec in self.models},
-            "attacks": [attack.as_dict() for attack in self.attacks],
+            "attacks": [attack.as_dict(self.seed) for attack in self.attacks],
             "evaluation": self.evaluation,
             "study": self.study,
         }
@@ -259,10 +246,15 @@ def attack_settings(attacks: Mapping[str, Any], where: str, budgets: Sequence[An
         yield label, attack, settings, parsed
 
 
+def budget_settings(settings: Mapping[str, Any], budget: float | None, where: str) -> dict[str, Any]:
+    """``settings`` with the values written relative to the budget (``eps/10``) resolved at ``budget``."""
+    return {key: scaled_by_budget(value, budget, f"{where}.settings.{key}") for key, value in settings.items()}
+
+
 def check_attack(name: str, budget: float | None, settings: dict[str, Any], where: str) -> None:
     """Build the attack once, so a bad setting fails when the config loads, naming its key."""
     try:
-        build_attack(name, budget, **settings)
+        build_attack(name, budget, **budget_settings(settings, budget, where))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from error
 

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attacks.budgets import budget_text
 from benchmarks.figures import Image, budget_curves, perturbation_bars, quality_scatter, transfer_heatmap
 from benchmarks.store import CellRecord, ResultsStore, StoredExample
 from benchmarks.tables import (
     TASK_METRICS,
     Summary,
     Table,
-    budget_text,
     detection_table,
     entry_text,
     in_grid_order,

@@ -13,7 +13,9 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from attacks.budgets import budget_text, budget_value
 from benchmarks.store import CellRecord
+from callbacks.detector_features import DETECTORS
 
 TASK_METRICS = {
     "classification": ("accuracy", "auc", "fpr"),
@@ -33,7 +35,7 @@ PERTURBATION_COLUMNS = (
     ("adv/var", "Var"), ("adv/cos_positive", "Cos > 0"), ("adv/cos_mean", "mean Cos"), ("adv/linf", "Linf"),
     ("adv/l2", "L2"), ("adv/queries", "queries"), ("adv/seconds_per_image", "s / image"),
 )
-DETECTORS = {"kd": "KD", "lid": "LID", "dfeat": "DFeat", "qfeat": "QFeat"}
+DETECTOR_TITLES = {name: spec.title for name, spec in DETECTORS.items()}
 PAIR_SPLITS = {"advtrain": "AdvTrain pairs", "advtest": "AdvTest pairs"}
 MISSING = "–"
 
@@ -101,20 +103,6 @@ def unique(values: Iterable[Any]) -> list[Any]:
 def select(records: Iterable[CellRecord], **fields: Any) -> list[CellRecord]:
     """The records whose attributes equal all the given values."""
     return [r for r in records if all(getattr(r, name) == value for name, value in fields.items())]
-
-
-def budget_value(label: str) -> float | None:
-    """The numeric budget of a label (``8_255`` -> 8/255, ``0.05`` -> 0.05); None for ``min``."""
-    numerator, _, denominator = label.partition("_")
-    try:
-        return float(numerator) / float(denominator or 1)
-    except ValueError:
-        return None
-
-
-def budget_text(label: str) -> str:
-    """A budget label as readers write it: ``8_255`` -> ``8/255``."""
-    return label.replace("_", "/")
 
 
 def budget_order(label: str) -> tuple[bool, float, str]:
@@ -204,8 +192,25 @@ def model_tables(records: Sequence[CellRecord]) -> list[Table]:
     metrics = TASK_METRICS.get(task_of(records) or "", ())
     tables = [budget_table(records, metric, clean=True) for metric in metrics]
     tables += [budget_table(records, metric, clean=False) for metric in ("success_rate", "targeted_success_rate")]
-    tables += [quality_table(records), perturbation_table(records)]
+    tables += [quality_table(records), perturbation_table(records), settings_table(records)]
     return [table for table in tables if table is not None]
+
+
+def setting_text(value: Any) -> str:
+    """One attack setting as a reader wants it: floats to 4 significant digits, the rest as written."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def settings_table(records: Sequence[CellRecord]) -> Table | None:
+    """The full settings every attack cell ran with (``Attack.settings``, stored per cell), one row per
+    attack, budget and seed, so two cells that differ in any setting never look the same."""
+    rows = tuple(
+        (r.attack, budget_text(r.budget), str(r.seed),
+         ", ".join(f"{name}={setting_text(value)}" for name, value in attack["settings"].items() if name != "seed"))
+        for r in in_grid_order(records)
+        for attack in r.settings.get("attacks", [])
+    )
+    return Table("Attack settings", ("attack", "budget", "seed", "settings"), rows) if rows else None
 
 
 @dataclass(frozen=True)
@@ -285,11 +290,11 @@ def detection_slot(key: str) -> tuple[str, str] | None:
     """The (row, column) of a detection metric key in the detector table, None for other keys."""
     match key.split("/"):
         case ["detect", "transfer", pair, detector, "auc"]:
-            return f"transfer {pair}", DETECTORS.get(detector, detector)
+            return f"transfer {pair}", DETECTOR_TITLES.get(detector, detector)
         case ["detect", attack, "pairs", split]:
             return attack, PAIR_SPLITS.get(split, f"{split} pairs")
         case ["detect", attack, detector, "auc"]:
-            return attack, DETECTORS.get(detector, detector)
+            return attack, DETECTOR_TITLES.get(detector, detector)
     return None
 
 
@@ -299,7 +304,7 @@ def detection_table(records: Sequence[CellRecord], title: str) -> Table | None:
     keys = {slot: key for key in unique(k for r in records for k in r.metrics) if (slot := detection_slot(key))}
     if not keys:
         return None
-    order = [*DETECTORS.values(), *PAIR_SPLITS.values()]
+    order = [*DETECTOR_TITLES.values(), *PAIR_SPLITS.values()]
     columns = sorted({column for _, column in keys}, key=lambda c: (order.index(c) if c in order else len(order), c))
     rows = tuple(
         (row, *(summarize(records, keys[(row, column)]) if (row, column) in keys else None for column in columns))

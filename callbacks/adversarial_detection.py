@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from attacks.base import Attack, check_positive, check_steps, frozen_model
@@ -78,13 +77,10 @@ def model_views(pl_module: pl.LightningModule, images: Tensor, layer_names: Sequ
     return ModelViews(logits, features, layers)
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """``obj`` of every rank (the process group's all_gather_object; uneven sizes are fine)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
+def gather_objects(trainer: pl.Trainer, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order: one strategy broadcast per rank (Lightning has no object
+    all-gather; uneven sizes are fine)."""
+    return [trainer.strategy.broadcast(obj, src=rank) for rank in range(trainer.world_size)]
 
 
 def detection_metrics(report: DetectionReport) -> dict[str, float]:
@@ -288,7 +284,7 @@ class AdversarialDetectionEvaluation(pl.Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         samples = {name: collector.samples() for name, collector in self._collectors.items()}
-        gathered = gather_objects((samples, sorted(self._seen)))
+        gathered = gather_objects(trainer, (samples, sorted(self._seen)))
         report = None
         if trainer.is_global_zero:
             per_rank = [part[0] for part in gathered]

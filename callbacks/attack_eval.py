@@ -13,7 +13,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult
+from attacks.base import Attack, AttackResult, plain_setting
+from attacks.budgets import budget_label
 from callbacks.examples import Example, examples_of
 from callbacks.fit_data import fit_dataloader
 from callbacks.metrics import PerturbationStatistics
@@ -22,19 +23,6 @@ from callbacks.task_scores import TaskScores, task_scores
 from callbacks.wandb_logging import log_examples, log_run_config, wandb_loggers
 
 AttackFactory = Callable[[float | None], Attack]
-
-
-def budget_label(budget: float | None) -> str:
-    """A budget in metric names: a short decimal as is (``0.05``), else grey levels when it is a multiple
-    of 0.1/255 (``8_255``, ``0.2_255``), else the compact decimal; ``min`` for minimal-norm attacks."""
-    if budget is None:
-        return "min"
-    if abs(budget - round(budget, 4)) < 1e-12:
-        return f"{budget:g}"
-    tenths = budget * 2550
-    if abs(tenths - round(tenths)) < 1e-6:
-        return f"{round(tenths) / 10:g}_255"
-    return f"{budget:g}"
 
 
 def metric_slot(key: str) -> str:
@@ -49,13 +37,6 @@ class AttackSpec:
     name: str
     build: AttackFactory
     budgets: tuple[float | None, ...]
-
-    @classmethod
-    def from_registry(cls, name: str, budgets: Sequence[float | None] = (None,), **settings: Any) -> AttackSpec:
-        """A spec of a registered attack (``attacks.registry``), e.g. from a YAML config."""
-        from attacks.registry import build_attack
-
-        return cls(name, lambda budget: build_attack(name, budget, **settings), tuple(budgets))
 
     def instances(self) -> Iterator[tuple[str, Attack]]:
         """(``{name}/{budget}`` key, configured attack) for each budget."""
@@ -103,7 +84,8 @@ class AdversarialEvaluation(pl.Callback):
     run at every budget in ``epsilons``, or to (factory, budgets) pairs. Works under Lightning's default
     ``inference_mode=True`` and leaves the module's mode and gradient flags as it found them. Under DDP the
     metrics are torchmetrics sum states, so N processes give the numbers of one (given a test sampler
-    that does not pad, as the project's datamodules provide). With a WandbLogger it also logs the attack
+    that does not pad, as the project's datamodules provide). Lightning's ``Trainer(limit_test_batches=...)``
+    bounds the batches evaluated, clean and attacked alike. With a WandbLogger it also logs the attack
     settings into the run config and a table of ``examples`` triplets per attack from the first batch.
     """
 
@@ -111,7 +93,6 @@ class AdversarialEvaluation(pl.Callback):
         self,
         attacks: Mapping[str, AttackFactory | tuple[AttackFactory, Sequence[float]]] | Sequence[AttackSpec],
         epsilons: Sequence[float] | None = None,
-        max_batches: int | None = None,
         examples: int = 4,
         brisque: bool = True,
     ) -> None:
@@ -120,7 +101,6 @@ class AdversarialEvaluation(pl.Callback):
         self.attacks: dict[str, Attack] = dict(
             instance for spec in self.specs for instance in spec.instances()
         )
-        self.max_batches = max_batches
         self.examples = examples
         self.with_brisque = brisque
         self.example_rows: list[Example] = []
@@ -161,8 +141,6 @@ class AdversarialEvaluation(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.max_batches is not None and batch_idx >= self.max_batches:
-            return
         with torch.inference_mode(False), torch.enable_grad():
             images, target = detached_batch(batch)
             objective = pl_module.objective()
@@ -215,12 +193,5 @@ class AdversarialEvaluation(pl.Callback):
         self.last_examples, self.example_rows = self.example_rows, []
 
     def settings(self) -> dict[str, Any]:
-        """Each attack's name, class and constructor settings per budget, for run configs."""
-        return {
-            key: {"class": type(attack).__name__, **{k: v for k, v in vars(attack).items() if _plain(v)}}
-            for key, attack in self.attacks.items()
-        }
-
-
-def _plain(value: Any) -> bool:
-    return isinstance(value, (bool, int, float, str)) or value is None
+        """Each attack's class and full settings (``Attack.settings``) per ``{name}/{budget}`` key."""
+        return {key: plain_setting(attack) for key, attack in self.attacks.items()}

@@ -126,11 +126,12 @@ def quantise(values: np.ndarray, levels: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """Which detection feature a detector reads, and how to build its scikit-learn pipeline from
-    (seed, quantisation levels)."""
+    """Which detection feature a detector reads, how to build its scikit-learn pipeline from
+    (seed, quantisation levels), and its name in the papers' tables."""
 
     feature: str
     build: Callable[[int, int], Pipeline]
+    title: str
 
 
 def _logistic(seed: int, levels: int) -> Pipeline:
@@ -153,10 +154,10 @@ def _quantised_svm(seed: int, levels: int) -> Pipeline:
 # features are scaled to [0, 1] on AdvTrain (Ma et al. 2020, Sec. 5.1); feature names: "kd" (log KD),
 # "lid" (LID per layer), "deep" (penultimate features)
 DETECTORS: dict[str, DetectorSpec] = {
-    "kd": DetectorSpec("kd", _logistic),
-    "lid": DetectorSpec("lid", _logistic),
-    "dfeat": DetectorSpec("deep", _forest),
-    "qfeat": DetectorSpec("deep", _quantised_svm),
+    "kd": DetectorSpec("kd", _logistic, "KD"),
+    "lid": DetectorSpec("lid", _logistic, "LID"),
+    "dfeat": DetectorSpec("deep", _forest, "DFeat"),
+    "qfeat": DetectorSpec("deep", _quantised_svm, "QFeat"),
 }
 
 

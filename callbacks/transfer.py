@@ -15,6 +15,7 @@ from attacks.base import AttackResult
 from attacks.transfer import EnsembleObjective, TransferAttack
 from callbacks.attack_eval import AttackFactory, AttackSpec, attack_specs, detached_batch, metric_slot
 from callbacks.metrics import AttackSuccess
+from callbacks.model_state import ModuleState
 from callbacks.wandb_logging import wandb_loggers
 
 TESTED = "tested"
@@ -31,7 +32,8 @@ class TransferEvaluation(pl.Callback):
     ``tested``. ``sources`` names the crafting models (a list of names crafts on their ensemble, named
     ``a+b``); ``targets`` names the evaluated ones (default: all). Results: success rate among samples the
     target classifies correctly when clean, logged as ``transfer/{attack}/{budget}/{source}->{target}/
-    success_rate`` and kept in ``self.matrix`` ({attack key: {source: {target: rate}}}).
+    success_rate`` and kept in ``self.matrix`` ({attack key: {source: {target: rate}}}). The ``models`` are
+    moved to the tested module's device in eval mode for the test and handed back as they were after it.
     """
 
     def __init__(
@@ -54,10 +56,12 @@ class TransferEvaluation(pl.Callback):
             if name not in names:
                 raise ValueError(f"unknown model {name!r} in sources/targets; models: {names}")
         self.matrix: dict[str, dict[str, dict[str, float]]] = {}
+        self.borrowed: dict[str, ModuleState] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        self.borrowed = {name: ModuleState.of(model) for name, model in self.models.items()}
         for model in self.models.values():
             model.to(pl_module.device).eval()
         self.success = nn.ModuleDict(
@@ -68,6 +72,19 @@ class TransferEvaluation(pl.Callback):
                 for target in self.targets
             }
         ).to(pl_module.device)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "test":
+            self._hand_back()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._hand_back()
+
+    def _hand_back(self) -> None:
+        """Restore each source model's device, modes and gradient flags as recorded at setup."""
+        for name, state in self.borrowed.items():
+            state.restore(self.models[name])
+        self.borrowed = {}
 
     def _objective(self, name: str, pl_module: pl.LightningModule) -> Any:
         return (pl_module if name == TESTED else self.models[name]).objective()

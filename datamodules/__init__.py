@@ -1,4 +1,8 @@
-"""Datamodules: batches ``{"image": (B, C, H, W) in [0, 1], "target", "id"}`` for every task."""
+"""Datamodules: batches ``{"image": (B, C, H, W) in [0, 1], "target", "id"}`` for every task.
+
+Configs name a datamodule by its import path (LightningCLI's ``class_path: datamodules.MedMNISTDataModule``);
+``from datamodules import MedMNISTDataModule`` is the same class in Python.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +18,7 @@ from datamodules.synthetic import (
     SyntheticLungCTDataModule,
 )
 
-DATAMODULES: dict[str, type[MedicalDataModule]] = {
-    "medmnist": MedMNISTDataModule,
-    "fundus_dr": FundusDRDataModule,
-    "lung_segmentation": LungSegmentationDataModule,
-    "endoscopy_artefacts": EndoscopyArtefactDataModule,
-    "synthetic_fundus": SyntheticFundusDataModule,
-    "synthetic_lung_ct": SyntheticLungCTDataModule,
-    "synthetic_endoscopy": SyntheticEndoscopyDataModule,
-}
-
-
-def create_datamodule(name: str, **kwargs) -> MedicalDataModule:
-    """The datamodule registered under ``name``, built with ``kwargs`` (as from a config file)."""
-    if name not in DATAMODULES:
-        raise ValueError(f"unknown datamodule {name!r}; known: {sorted(DATAMODULES)}")
-    return DATAMODULES[name](**kwargs)
-
-
 __all__ = [
-    "DATAMODULES",
     "EndoscopyArtefactDataModule",
     "FundusDRDataModule",
     "LungSegmentationDataModule",
@@ -42,6 +27,5 @@ __all__ = [
     "SyntheticEndoscopyDataModule",
     "SyntheticFundusDataModule",
     "SyntheticLungCTDataModule",
-    "create_datamodule",
     "shared_data_dir",
 ]

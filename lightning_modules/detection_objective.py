@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
+from attacks.base import evaluation_mode
 from lightning_modules.objectives import soft_cross_entropy
 
 # torchvision's fastrcnn_loss and RegionProposalNetwork.compute_loss use this smooth-L1 beta.
 SMOOTH_L1_BETA = 1 / 9
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode inside the block; each module's own mode restored on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def expected_sampled_loss(

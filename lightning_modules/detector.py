@@ -32,7 +32,7 @@ def fasterrcnn_resnet18_fpn(num_classes: int, **kwargs: Any) -> FasterRCNN:
 
 
 # Backbone name -> Faster R-CNN builder taking num_classes and FasterRCNN keywords; never any weights.
-DETECTORS: dict[str, Callable[..., FasterRCNN]] = {
+FASTER_RCNN_BACKBONES: dict[str, Callable[..., FasterRCNN]] = {
     "mobilenet_v3": partial(fasterrcnn_mobilenet_v3_large_fpn, weights=None, weights_backbone=None),
     "resnet50": partial(fasterrcnn_resnet50_fpn, weights=None, weights_backbone=None),
     "resnet18": fasterrcnn_resnet18_fpn,
@@ -42,7 +42,7 @@ LOGGED_SCORES = ("map", "map_50", "mean_iou")
 
 
 class DetectorModule(TaskModule):
-    """torchvision Faster R-CNN (``DETECTORS``) for labels 1..num_classes on [0, 1] RGB images.
+    """torchvision Faster R-CNN (``FASTER_RCNN_BACKBONES``) for labels 1..num_classes on [0, 1] RGB images.
 
     Images are resized to ``min_size``/``max_size`` and normalised inside the network. Training uses
     torchvision's own losses; validation and test run the attack objective (``val_loss``/``test_loss``
@@ -69,8 +69,8 @@ class DetectorModule(TaskModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if backbone not in DETECTORS:
-            raise ValueError(f"backbone must be one of {sorted(DETECTORS)}, got {backbone!r}")
+        if backbone not in FASTER_RCNN_BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(FASTER_RCNN_BACKBONES)}, got {backbone!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
         for name, value in (
@@ -82,7 +82,7 @@ class DetectorModule(TaskModule):
                 raise ValueError(f"{name} must be >= 1, got {value!r}")
         self.save_hyperparameters()
         image_mean, image_std = channel_statistics(3, mean, std)
-        self.model = DETECTORS[backbone](
+        self.model = FASTER_RCNN_BACKBONES[backbone](
             num_classes=num_classes + 1,
             min_size=min_size,
             max_size=max_size,

@@ -99,3 +99,20 @@ def test_dense_logits_raise(toy_segmenter, toy_batch):
 def test_invalid_arguments_raise(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+def test_misclassified_samples_are_left_unchanged_and_never_repaired():
+    """An untargeted attack never pushes a wrong sample into its true class: samples the clean model
+    misclassifies come back bit-identical, so accuracy can only fall (the reference implementations do
+    the same)."""
+    torch.manual_seed(0)
+    objective = ClassificationObjective(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)))
+    images = torch.rand(32, 3, 4, 4)
+    with torch.no_grad():
+        predicted = objective.forward(images).argmax(dim=1)
+    labels = torch.where(torch.arange(32) % 2 == 0, predicted, (predicted + 1) % 3)  # half of them wrong
+    adv = DeepFool()(objective, images, labels).adv_images
+    wrong = predicted != labels
+    assert torch.equal(adv[wrong], images[wrong])
+    fooled, sizes = success_and_sizes(objective, images, labels, adv)
+    assert fooled[wrong].all() and fooled[~wrong].all() and (sizes[~wrong] > 0).all()

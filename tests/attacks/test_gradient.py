@@ -12,6 +12,7 @@ from attacks.norms import L2, Linf, norm_by_name
 from attacks.smia import SMIA
 from attacks.targets import TargetMode
 from tests.attacks.invariants import accuracy, assert_independent_with_ids, assert_invariants
+from tests.attacks.toys import blob_images
 
 EPS = 8 / 255
 
@@ -133,6 +134,24 @@ def test_pgd10_drives_accuracy_below_five_percent(toy_classifier, toy_batch):
     adv = PGD(eps=EPS, alpha=2 / 255, steps=10)(toy_classifier, images, labels).adv_images
     assert accuracy(toy_classifier, images, labels) == 1.0
     assert accuracy(toy_classifier, adv, labels) < 0.05
+
+
+@pytest.mark.slow
+def test_default_iterative_attacks_are_never_weaker_than_fgsm(toy_classifier):
+    """With default step sizes (PGD 2.5 eps / steps, BIM 1.25 eps / steps), 10 steps reach at least FGSM's
+    effect at every budget, and PGD-10 is within 2 points of PGD-100 (on 512 held-out images: at 4/255
+    the trained toy measured FGSM 0.934, BIM-10 0.902, PGD-10 0.883, PGD-100 0.871)."""
+    images, labels, _ = blob_images(512, torch.Generator().manual_seed(7))
+    tolerance = 2 / len(images)  # two images: float noise between CPUs, not sampling error
+    for eps in (1 / 255, 2 / 255, 4 / 255, 8 / 255):
+        fgsm = accuracy(toy_classifier, FGSM(eps=eps)(toy_classifier, images, labels).adv_images, labels)
+        for attack in (PGD(eps=eps, steps=10), BIM(eps=eps, steps=10)):
+            robust = accuracy(toy_classifier, attack(toy_classifier, images, labels).adv_images, labels)
+            assert robust <= fgsm + tolerance, (attack, robust, fgsm)
+    for eps in (4 / 255, 8 / 255):
+        pgd10 = accuracy(toy_classifier, PGD(eps=eps, steps=10)(toy_classifier, images, labels).adv_images, labels)
+        pgd100 = accuracy(toy_classifier, PGD(eps=eps, steps=100)(toy_classifier, images, labels).adv_images, labels)
+        assert abs(pgd10 - pgd100) <= 0.02, (eps, pgd10, pgd100)
 
 
 EFFECTIVE = {

@@ -157,7 +157,7 @@ def test_save_and_load_round_trip(tmp_path, toy_classifier, toy_batch, fitting_d
     path = tmp_path / "uap.pt"
     attack.save(path)
     loaded = UniversalPerturbation.load(path)
-    assert loaded.config() == attack.config()
+    assert loaded.settings == attack.settings
     assert torch.equal(loaded.perturbation, attack.perturbation)
     adv = attack(toy_classifier, images, labels).adv_images
     assert torch.equal(loaded(toy_classifier, images, labels).adv_images, adv)

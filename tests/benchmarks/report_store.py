@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from attacks.budgets import budget_value
 from benchmarks.store import CellRecord, ResultsStore
-from benchmarks.tables import budget_value
 
 BENCHMARK = "demo"
 VERSIONS = {"torch": "2.4.0", "medadvbench": "0.1.0"}
@@ -39,10 +39,15 @@ def example_png(seed: int) -> bytes:
 
 def cell(kind: str, dataset: str, model: str, attack: str, budget: str, seed: int, metrics: dict[str, float],
          task: str, status: str = "done", error: str = "") -> CellRecord:
+    settings = {"budget": budget_value(budget), "task": task}
+    if kind == "attack":  # as the runner stores it: the built attack's full settings
+        attack_settings = {"eps": budget_value(budget), "steps": 10, "norm": "linf", "seed": seed}
+        settings["attacks"] = [{"label": attack, "name": attack, "budget": budget_value(budget),
+                                "settings": attack_settings}]
     return CellRecord(
         key=f"{BENCHMARK}/{kind}/{dataset}/{model}/{attack}/{budget}/{seed}", benchmark=BENCHMARK,
         config_hash="0" * 16, kind=kind, dataset=dataset, model=model, attack=attack, budget=budget, seed=seed,
-        status=status, metrics=metrics, settings={"budget": budget_value(budget), "task": task},
+        status=status, metrics=metrics, settings=settings,
         versions=VERSIONS, seconds=12.5, error=error, started_at=1.0, finished_at=2.0,
     )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.grid import CONFIG_DIR, deep_merge, load_benchmark, parse_budget, resolve_config, select_shard
+from attacks.budgets import parse_budget
+from benchmarks.grid import CONFIG_DIR, deep_merge, load_benchmark, resolve_config, select_shard
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
 
@@ -141,3 +142,18 @@ def test_shipped_benchmarks_load_with_every_profile(name):
     profiles = list((yaml.safe_load(path.read_text()) or {}).get("profiles") or {})
     for chosen in [[], *([profile] for profile in profiles)]:
         assert load_benchmark(path, chosen).cells
+
+
+def test_settings_relative_to_the_budget_resolve_at_each_budget(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "datasets:\n  fundus:\n    train: synthetic_fundus\n    attacks:\n"
+        "      pgd: {budgets: [2/255, 8/255], settings: {steps: 20, alpha: eps/10}}\n"
+        "      bim: {budgets: [4/255], settings: {alpha: 0.5*eps/2}}\n"
+    )
+    cells = load_benchmark(path).cells
+    steps = {(cell.attack, cell.budget): cell.settings()["attacks"][0]["settings"]["alpha"] for cell in cells}
+    assert steps == pytest.approx({("pgd", 2 / 255): 0.2 / 255, ("pgd", 8 / 255): 0.8 / 255, ("bim", 4 / 255): 1 / 255})
+    path.write_text(path.read_text().replace("alpha: eps/10", "alpha: eps/ten"))
+    with pytest.raises(ValueError, match=r"fundus\.attacks\.pgd.*alpha.*'eps/ten'"):
+        load_benchmark(path)

@@ -24,6 +24,7 @@ from benchmarks.tables import (
     perturbation_table,
     quality_table,
     result_rows,
+    settings_table,
     transfer_matrices,
     transfer_matrix,
     transfer_overview,
@@ -36,9 +37,10 @@ CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 # The demo store: overview (run + failed cells); fundus resnet18 (accuracy, AUC, FPR, success rate, quality,
 # perturbation), the transfer overview and two transfer matrices, one detector table; lung U-Net (Jaccard,
-# Dice, pixel accuracy, quality, perturbation). Plots: 3 + 2 heat maps + 2 (no success rate for
-# segmentation: no quality scatter). Examples: one per first-seed attack cell, 7 fundus + 6 lung.
-EXPECTED = {"tables": 17, "plots": 7, "examples": 13, "sections": 7}
+# Dice, pixel accuracy, quality, perturbation), and an attack settings table per model. Plots: 3 + 2 heat
+# maps + 2 (no success rate for segmentation: no quality scatter). Examples: one per first-seed attack cell,
+# 7 fundus + 6 lung.
+EXPECTED = {"tables": 19, "plots": 7, "examples": 13, "sections": 7}
 
 
 def attack_cell(attack: str, budget: str, seed: int, **metrics: float) -> CellRecord:
@@ -103,12 +105,22 @@ def test_quality_and_perturbation_tables_follow_the_papers():
     assert perturbation.rows[0][2].mean == 2e-4 and perturbation.rows[0][3].mean == 0.95
 
 
+def test_settings_table_shows_every_stored_setting_per_cell():
+    records = [attack_cell("pgd", budget, seed, **{"clean/accuracy": 0.9, "adv/accuracy": 0.2})
+               for budget in ("2_255", "8_255") for seed in (0, 1)]
+    table = settings_table(records)
+    assert table.header == ("attack", "budget", "seed", "settings")
+    assert [row[:3] for row in table.rows] == [("pgd", "2/255", "0"), ("pgd", "2/255", "1"),
+                                               ("pgd", "8/255", "0"), ("pgd", "8/255", "1")]
+    assert table.rows[2][3] == "eps=0.03137, steps=10, norm=linf"
+
+
 def test_missing_metrics_are_skipped():
     records = [attack_cell("pgd", "8_255", 0, **{"clean/accuracy": 0.9, "adv/accuracy": 0.2, "adv/ssim": 0.9})]
     assert quality_table(records).header == ("attack", "budget", "SSIM")
     assert perturbation_table(records) is None
     titles = [table.title for table in model_tables(records)]
-    assert titles == ["Adversarial accuracy", "Image quality of the adversarial examples"]
+    assert titles == ["Adversarial accuracy", "Image quality of the adversarial examples", "Attack settings"]
     nan = attack_cell("pgd", "8_255", 1, **{"clean/accuracy": 0.9, "adv/accuracy": float("nan")})
     assert column(budget_table([*records, nan], "accuracy", clean=True), "pgd", "8/255").count == 1
 
@@ -198,7 +210,7 @@ def test_report_of_sparse_cells_skips_empty_panels(tmp_path):
             store.finish(record)
         html_path, markdown_path = write_report(store, BENCHMARK, tmp_path / "report")
     page = html_path.read_text()
-    assert page.count("<table") == 2 and page.count("<img") == 1
+    assert page.count("<table") == 3 and page.count("<img") == 1  # run, accuracy, attack settings
     assert page.count("<section") == 3 and "<h3>Transfer</h3>" not in page
     assert "Adversarial accuracy" in markdown_path.read_text()
 

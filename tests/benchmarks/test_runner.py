@@ -61,6 +61,12 @@ def test_full_run_stores_every_cell_with_examples(full_run):
         attack_records = [r for r in store.records() if r.kind == "attack"]
         assert all(len(store.examples(r.key)) == 2 for r in attack_records)
         assert all(r.versions["torch"] and r.seconds > 0 for r in attack_records)
+        # every cell stores its attack's full settings, defaults included, not only what the config named
+        for record in attack_records:
+            (attack,) = record.settings["attacks"]
+            assert attack["settings"]["seed"] == record.seed and "steps" in attack["settings"], record.key
+            if record.attack != "deepfool":
+                assert {"eps", "norm", "early_stop", "target_mode"} <= set(attack["settings"]), record.key
     fgsm = results["tiny/fundus/resnet18/fgsm/8_255/seed0"]
     assert fgsm["adv/linf"] == pytest.approx(8 / 255, rel=1e-3)
     assert fgsm["adv/accuracy"] <= fgsm["clean/accuracy"]
@@ -155,7 +161,7 @@ def test_bad_arguments_name_themselves(tmp_path):
 
 
 def test_wandb_runs_of_a_benchmark_share_a_group_and_config_keys(full_run, tmp_path):
-    from callbacks.wandb_records import read_offline_run
+    from tests.wandb_records import read_offline_run
 
     names = ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
     offline = {name: str(tmp_path / name.lower()) for name in names} | {"WANDB_API_KEY": "", "WANDB_DIR": str(full_run)}

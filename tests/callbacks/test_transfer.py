@@ -11,6 +11,7 @@ from attacks.gradient import FGSM
 from callbacks.transfer import TransferEvaluation
 
 
+@pytest.mark.slow
 def test_unknown_model_names_are_rejected(fitted_classifier):
     module, _ = fitted_classifier
     with pytest.raises(ValueError, match="unknown model 'nope'"):

@@ -11,7 +11,7 @@ import pytest
 from attacks.gradient import FGSM
 from callbacks.attack_eval import AdversarialEvaluation
 from callbacks.wandb_logging import make_wandb_logger
-from callbacks.wandb_records import read_offline_run
+from tests.wandb_records import read_offline_run
 
 
 @pytest.fixture()
@@ -31,11 +31,11 @@ def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs)
     import wandb
 
     module, datamodule = fitted_classifier
-    callback = AdversarialEvaluation({"fgsm": lambda eps: FGSM(eps=eps)}, epsilons=[2 / 255, 8 / 255], max_batches=1)
+    callback = AdversarialEvaluation({"fgsm": lambda eps: FGSM(eps=eps)}, epsilons=[2 / 255, 8 / 255])
     logger = make_wandb_logger(module, datamodule, ["fgsm"], save_dir=wandb_dirs / "wandb_dir")
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=logger, callbacks=[callback], enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_model_summary=False, limit_test_batches=1,
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     run_dir = Path(logger.experiment.dir).parent
