@@ -57,20 +57,27 @@ def format_number(value: float) -> str:
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and sample standard deviation of one metric over seeds (std shown only for several seeds)."""
+    """Mean and sample standard deviation of one metric over seeds (std shown only for several seeds); for
+    one seed, the 95% interval the cell stored with it, if any, shown as ``0.412 [0.370, 0.450]``."""
 
     mean: float
     std: float
     count: int
+    interval: tuple[float, float] | None = None
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Summary | None:
-        """The summary of one value per seed; None for no values."""
+    def of(cls, values: Sequence[float], interval: tuple[float, float] | None = None) -> Summary | None:
+        """The summary of one value per seed (with the interval of a single value); None for no values."""
         if not values:
             return None
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        if len(values) > 1:
+            return cls(statistics.fmean(values), statistics.stdev(values), len(values))
+        return cls(values[0], 0.0, 1, interval)
 
     def __str__(self) -> str:
+        if self.count == 1 and self.interval is not None:
+            spec = number_spec(self.mean, *self.interval)
+            return f"{self.mean:{spec}} [{self.interval[0]:{spec}}, {self.interval[1]:{spec}}]"
         if self.count == 1:
             return format_number(self.mean)
         spec = number_spec(self.mean, self.std)
@@ -123,13 +130,20 @@ def in_grid_order(records: Sequence[CellRecord]) -> list[CellRecord]:
 
 
 def summarize(records: Iterable[CellRecord], key: str) -> Summary | None:
-    """Mean ± std over seeds of ``metrics[key]`` (values of one seed are averaged first; NaN skipped)."""
+    """Mean ± std over seeds of ``metrics[key]`` (values of one seed are averaged first; NaN skipped); a
+    single cell's value keeps its stored ``{key}_ci_low`` / ``{key}_ci_high`` interval."""
     by_seed: dict[int, list[float]] = {}
+    found = []
     for record in records:
         value = record.metrics.get(key)
         if value is not None and math.isfinite(value):
             by_seed.setdefault(record.seed, []).append(value)
-    return Summary.of([statistics.fmean(values) for values in by_seed.values()])
+            found.append(record)
+    interval = None
+    if len(found) == 1:
+        low, high = (found[0].metrics.get(f"{key}_ci_{end}") for end in ("low", "high"))
+        interval = (low, high) if low is not None and high is not None else None
+    return Summary.of([statistics.fmean(values) for values in by_seed.values()], interval)
 
 
 def task_of(records: Iterable[CellRecord]) -> str | None:

@@ -10,6 +10,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAUROC
 
 from attacks.base import AttackTrace
+from callbacks.intervals import proportion
 
 
 def _sum_state(metric: Metric, *names: str) -> None:
@@ -23,7 +24,8 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
 
 class ClassificationScores(Metric):
     """Accuracy, AUC (one-vs-rest macro) and false-positive rate (grade/class 0 called positive,
-    the Kaggle-DR column of SMIA Table 6) of one set of predictions."""
+    the Kaggle-DR column of SMIA Table 6) of one set of predictions; the proportions with their 95% Wilson
+    intervals (``{name}_ci_low`` / ``{name}_ci_high``), exact under DDP since they come from sums."""
 
     full_state_update = False
 
@@ -44,9 +46,9 @@ class ClassificationScores(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         return {
-            "accuracy": _ratio(self.correct, self.total),
+            **proportion("accuracy", self.correct, self.total),
             "auc": self.auroc.compute().float(),
-            "fpr": _ratio(self.false_positives, self.negatives),
+            **proportion("fpr", self.false_positives, self.negatives),
         }
 
     def reset(self) -> None:
@@ -73,9 +75,9 @@ class AttackSuccess(Metric):
             self.targeted_hits += (adv_pred == attack_target).sum()
 
     def compute(self) -> dict[str, Tensor]:
-        scores = {"success_rate": _ratio(self.fooled, self.clean_correct)}
+        scores = proportion("success_rate", self.fooled, self.clean_correct)
         if self.targeted_total > 0:
-            scores["targeted_success_rate"] = _ratio(self.targeted_hits, self.targeted_total)
+            scores |= proportion("targeted_success_rate", self.targeted_hits, self.targeted_total)
         return scores
 
 

@@ -254,3 +254,11 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert page.pop("broken") == [] and page.pop("fetched") == []
     assert page == EXPECTED
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_single_cell_shows_its_stored_interval_and_seeds_show_their_spread():
+    one = attack_cell("pgd", "8_255", 0, **{"clean/accuracy": 0.9, "adv/accuracy": 0.412,
+                                           "adv/accuracy_ci_low": 0.37, "adv/accuracy_ci_high": 0.45})
+    assert str(column(budget_table([one], "accuracy", clean=True), "pgd", "8/255")) == "0.412 [0.370, 0.450]"
+    two = attack_cell("pgd", "8_255", 1, **{"clean/accuracy": 0.9, "adv/accuracy": 0.512})
+    assert str(column(budget_table([one, two], "accuracy", clean=True), "pgd", "8/255")) == "0.462 ± 0.071"
