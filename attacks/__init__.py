@@ -4,12 +4,13 @@
 registered name, as configs do. Every attack is called as ``attack(objective, images, target, ids=None)``.
 """
 
-from attacks.apgd import APGD
+from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.base import Attack, AttackResult, AttackTrace, Objective, SampleRandom, frozen_model
 from attacks.cw import CWL2, CWLinf
 from attacks.deepfool import DeepFool
 from attacks.dense import DenseAdversaryGeneration
 from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
+from attacks.fmn import FMN, robust_accuracy_curve
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, GradientAttack
 from attacks.norms import L2, NORMS, Linf, Norm
 from attacks.one_pixel import OnePixelAttack
@@ -22,10 +23,13 @@ from attacks.universal import UniversalPerturbation
 
 __all__ = [
     "APGD",
+    "APGDDLR",
+    "APGDT",
     "ATTACKS",
     "BIM",
     "CWL2",
     "FGSM",
+    "FMN",
     "L2",
     "MIFGSM",
     "NORMS",
@@ -58,4 +62,5 @@ __all__ = [
     "attack_entry",
     "build_attack",
     "frozen_model",
+    "robust_accuracy_curve",
 ]

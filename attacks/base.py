@@ -46,6 +46,8 @@ class AttackTrace:
 
     ``update_cosine[b, t]`` is the cosine between the perturbation updates of iterations t and t + 1;
     ``variance`` is the variance of the final perturbation. Black-box attacks count ``queries``.
+    ``losses[b, t]`` is the loss the attack ascends at iteration t (NaN where the sample was not
+    updated; (B, 0) for attacks that record none), which the failure checks read.
     """
 
     variance: Tensor
@@ -53,6 +55,7 @@ class AttackTrace:
     update_variance: Tensor
     iterations: Tensor
     queries: Tensor
+    losses: Tensor
 
     def to(self, device: torch.device | str) -> AttackTrace:
         return AttackTrace(**{name: value.to(device) for name, value in self.__dict__.items()})
@@ -91,6 +94,7 @@ class TraceRecorder:
         self._previous_norm: Tensor | None = None
         self._cosines: list[Tensor] = []
         self._variances: list[Tensor] = []
+        self._losses: list[Tensor] = []
         self._queries = torch.zeros(self._batch, dtype=torch.long, device=self._device)
         self._iterations = torch.zeros(self._batch, dtype=torch.long, device=self._device)
 
@@ -109,6 +113,14 @@ class TraceRecorder:
         self._previous, self._previous_update, self._previous_norm = perturbation, update, norm
         self._iterations += 1 if active is None else active.long()
 
+    def record_loss(self, loss: Tensor, rows: Tensor | None = None) -> None:
+        """Record the per-sample loss of one iteration, of the samples ``rows`` (all when None)."""
+        if rows is None:
+            self._losses.append(loss.detach().float())
+            return
+        full = torch.full((self._batch,), float("nan"), device=self._device)
+        self._losses.append(full.index_copy(0, rows, loss.detach().float()))
+
     def add_queries(self, count: Tensor | int) -> None:
         self._queries += count
 
@@ -120,6 +132,7 @@ class TraceRecorder:
             update_variance=torch.stack(self._variances, dim=1) if self._variances else empty,
             iterations=self._iterations.clone(),
             queries=self._queries.clone(),
+            losses=torch.stack(self._losses, dim=1) if self._losses else empty,
         )
 
 
@@ -311,6 +324,7 @@ class Attack:
     """
 
     name: str = "attack"
+    access: ClassVar[str] = "white-box"  # what it reads of the model: "white-box", "black-box" (scores), "transfer"
     defaults: ClassVar[dict[str, Any]] = {}
     fixed: ClassVar[dict[str, Any]] = {}
 

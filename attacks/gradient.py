@@ -160,7 +160,8 @@ class GradientAttack(Attack):
             if rows is not None and len(rows) == 0:
                 break
             clean, current = take(images, rows), take(adv, rows)
-            gradient, _, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
+            gradient, loss, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
+            recorder.record_loss(loss, rows)
             if rows is not None:
                 keep = self.not_fooled(objective, outputs, goal[rows])
                 active[rows[~keep]] = False

@@ -37,6 +37,7 @@ class OnePixelAttack(Attack):
     """
 
     name = "one_pixel"
+    access = "black-box"
 
     def __init__(
         self,

@@ -7,12 +7,13 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from attacks.apgd import APGD
+from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.base import Attack
 from attacks.cw import CWL2, CWLinf
 from attacks.deepfool import DeepFool
 from attacks.dense import DenseAdversaryGeneration
 from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
+from attacks.fmn import FMN
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM
 from attacks.one_pixel import OnePixelAttack
 from attacks.smia import SMIA
@@ -39,9 +40,12 @@ ATTACKS: dict[str, AttackEntry] = {
         AttackEntry(TIBIM, "eps"),
         AttackEntry(TIMIFGSM, "eps"),
         AttackEntry(APGD, "eps"),
+        AttackEntry(APGDDLR, "eps"),
+        AttackEntry(APGDT, "eps"),
         AttackEntry(CWLinf, "eps"),
         AttackEntry(CWL2, None),
         AttackEntry(DeepFool, None),
+        AttackEntry(FMN, None),
         AttackEntry(SMIA, "eps"),
         AttackEntry(DenseAdversaryGeneration, "eps"),
         AttackEntry(MultiplicativeExposure, "eps"),

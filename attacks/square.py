@@ -60,6 +60,7 @@ class SquareAttack(Attack):
     """
 
     name = "square"
+    access = "black-box"
 
     def __init__(
         self,

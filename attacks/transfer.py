@@ -69,6 +69,7 @@ class TransferAttack(Attack):
     """
 
     name = "transfer"
+    access = "transfer"
 
     def __init__(self, attack: Attack, surrogate: Objective) -> None:
         if not isinstance(attack, Attack):

@@ -7,7 +7,7 @@ Moosavi-Dezfooli et al. 2017 (Algorithm 1) with the gradient-step inner attack o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -86,6 +86,8 @@ class UniversalPerturbation(Attack):
     eps-ball P_{p,xi}, until the fooling rate on the fitted data reaches ``target_fooling_rate``
     (1 - delta) or after ``max_epochs``. Fooling is measured against the clean prediction (labels are not
     needed) or, with ``target_class``, as reaching that class. Calling the attack adds v to every image.
+    The fit reads the first ``max_fit_images`` images of the loader (None: all), as the paper fits on a
+    bounded sample (10,000 ImageNet images): on a large training split the fit time stays bounded.
     """
 
     name = "uap"
@@ -98,10 +100,13 @@ class UniversalPerturbation(Attack):
         max_epochs: int = 10,
         target_fooling_rate: float = 0.8,
         target_class: int | None = None,
+        max_fit_images: int | None = 2000,
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
         check_positive("eps", eps)
+        if max_fit_images is not None:
+            check_steps("max_fit_images", max_fit_images)
         self.threat = norm_by_name(norm)
         step = eps / 10 if step is None else step
         check_positive("step", step, allow_zero=False)
@@ -115,6 +120,7 @@ class UniversalPerturbation(Attack):
         self.max_epochs = max_epochs
         self.target_fooling_rate = target_fooling_rate
         self.target_class = target_class
+        self.max_fit_images = max_fit_images
         self.perturbation: Tensor | None = None
         self.fit_history: list[float] = []
 
@@ -126,8 +132,7 @@ class UniversalPerturbation(Attack):
         self.fit_history = []
         with frozen_model(objective.model):
             for _ in range(self.max_epochs):
-                for batch in loader:
-                    images = self._batch_images(batch, perturbation, device)
+                for images in self._fit_images(loader, perturbation, device):
                     if perturbation is None:
                         perturbation = torch.zeros_like(images[0])
                     perturbation = self._update(objective, images, perturbation)
@@ -139,13 +144,24 @@ class UniversalPerturbation(Attack):
         self.perturbation = perturbation.detach()
         return self.perturbation
 
-    def _batch_images(self, batch: Any, perturbation: Tensor | None, device: torch.device) -> Tensor:
-        images = batch_images(batch).to(device)
-        if perturbation is not None and images.shape[1:] != perturbation.shape:
-            raise ValueError(
-                f"loader images have shape {tuple(images.shape[1:])}, expected {tuple(perturbation.shape)}"
-            )
-        return images
+    def _fit_images(
+        self, loader: Iterable[Any], perturbation: Tensor | None, device: torch.device
+    ) -> Iterator[Tensor]:
+        """The loader's image batches on ``device``, up to ``max_fit_images`` images in all, all of the shape of
+        ``perturbation`` (or of the first batch)."""
+        left = self.max_fit_images
+        shape = None if perturbation is None else perturbation.shape
+        for batch in loader:
+            images = batch_images(batch).to(device)
+            shape = shape or images.shape[1:]
+            if images.shape[1:] != shape:
+                raise ValueError(f"loader images have shape {tuple(images.shape[1:])}, expected {tuple(shape)}")
+            if left is not None:
+                images, left = images[:left], left - len(images[:left])
+            if len(images):
+                yield images
+            if left == 0:
+                return
 
     def _reference(self, objective: Objective, images: Tensor) -> Tensor | None:
         return _predict(objective, images) if self.target_class is None else None
@@ -170,8 +186,7 @@ class UniversalPerturbation(Attack):
         self, objective: Objective, loader: Iterable[Any], perturbation: Tensor, device: torch.device
     ) -> float:
         fooled, count = 0.0, 0
-        for batch in loader:
-            images = self._batch_images(batch, perturbation, device)
+        for images in self._fit_images(loader, perturbation, device):
             adv = (images + perturbation).clamp(0, 1)
             reference = self._reference(objective, images)
             hit = fooled_by(_predict(objective, adv), reference, self.target_class)

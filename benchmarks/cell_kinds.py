@@ -5,7 +5,7 @@ AdversarialDetectionEvaluation. Each kind builds its callback and reads back fla
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
@@ -21,6 +21,15 @@ from callbacks.examples import Example
 from callbacks.transfer import TESTED, TransferEvaluation
 
 StoredExamples = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """What a cell stores: flat metrics, example PNGs with captions, and per-sample scores by stream."""
+
+    metrics: dict[str, float]
+    examples: StoredExamples = field(default_factory=list)
+    samples: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def attack_spec(setting: AttackSetting, seed: int) -> AttackSpec:
@@ -41,7 +50,7 @@ def example_png(example: Example) -> tuple[str, bytes]:
 class CellKind(Protocol):
     def callback(self, cell: Cell, models: Mapping[str, pl.LightningModule]) -> pl.Callback: ...
 
-    def results(self, cell: Cell, callback: Any) -> tuple[dict[str, float], StoredExamples]: ...
+    def results(self, cell: Cell, callback: Any) -> CellOutput: ...
 
 
 @dataclass(frozen=True)
@@ -56,16 +65,24 @@ class AttackCell:
             brisque=evaluation.get("brisque", True),
         )
 
-    def results(self, cell: Cell, callback: AdversarialEvaluation) -> tuple[dict[str, float], StoredExamples]:
-        prefix = f"adv/{cell.attack}/{budget_label(cell.budget)}/"
+    def results(self, cell: Cell, callback: AdversarialEvaluation) -> CellOutput:
+        """The cell's metrics (``adv/...``, ``check/...``, ``clean/...``), examples, and per-sample scores
+        (``clean`` and ``adv``), from which the report takes the worst case over attacks."""
+        cell_key = f"{cell.attack}/{budget_label(cell.budget)}/"
+        prefixes = {f"adv/{cell_key}": "adv/", f"check/{cell_key}": "check/", "clean/": "clean/"}
         metrics = {
-            key.replace(prefix, "adv/", 1): value
+            key.replace(prefix, stored, 1): value
             for key, value in callback.results.items()
-            if key.startswith("clean/") or key.startswith(prefix)
+            for prefix, stored in prefixes.items()
+            if key.startswith(prefix)
         }
         if not any(key.startswith("adv/") for key in metrics):
-            raise RuntimeError(f"the evaluation logged no {prefix}* metrics; it logged {sorted(callback.results)}")
-        return metrics, [example_png(example) for example in callback.last_examples]
+            raise RuntimeError(f"the evaluation logged no adv/{cell_key}* metrics: {sorted(callback.results)}")
+        attack_key = cell_key.removesuffix("/")
+        streams = {"clean": "clean", "adv": attack_key}
+        samples = {stream: dict(callback.sample_scores[key]) for stream, key in streams.items()
+                   if key in callback.sample_scores}
+        return CellOutput(metrics, [example_png(example) for example in callback.last_examples], samples)
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ class TransferCell:
             sources=sources,
         )
 
-    def results(self, cell: Cell, callback: TransferEvaluation) -> tuple[dict[str, float], StoredExamples]:
+    def results(self, cell: Cell, callback: TransferEvaluation) -> CellOutput:
         tested = next(iter(spec.label for spec in cell.models))
         (rows,) = callback.matrix.values()
         metrics = {}
@@ -92,7 +109,7 @@ class TransferCell:
             source_name = "+".join(tested if name == TESTED else name for name in source.split("+"))
             for target, rate in targets.items():
                 metrics[f"{source_name}->{tested if target == TESTED else target}/success_rate"] = rate
-        return metrics, []
+        return CellOutput(metrics)
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,8 @@ class DetectionCell:
         }
         return AdversarialDetectionEvaluation(attacks, seed=cell.seed, **cell.study)
 
-    def results(self, cell: Cell, callback: AdversarialDetectionEvaluation) -> tuple[dict[str, float],
-                                                                                      StoredExamples]:
-        return detection_metrics(DetectionReport(**callback.results)), []
+    def results(self, cell: Cell, callback: AdversarialDetectionEvaluation) -> CellOutput:
+        return CellOutput(detection_metrics(DetectionReport(**callback.results)))
 
 
 CELL_KINDS: dict[str, CellKind] = {"attack": AttackCell(), "transfer": TransferCell(), "detection": DetectionCell()}

@@ -130,20 +130,25 @@ def quiet_lightning() -> None:
 
 
 def results_command(args: argparse.Namespace, _: Sequence[str]) -> int:
-    from benchmarks.store import ResultsStore
+    from benchmarks.store import ResultsStore, check_output
 
+    protected = stores_of(args.store, args.merge)
+    if args.csv:  # checked before the merge writes anything; the exports check again
+        check_output(args.csv, protected)
+    if args.markdown:
+        check_output(args.markdown, {**protected, "the --csv output": [args.csv] if args.csv else []})
     if args.merge:
         with ResultsStore(args.store) as store:
             copied = store.merge(args.merge)
         print(f"merged {copied} cells from {len(args.merge)} stores into {args.store}")
-    elif not args.store.is_file():
+    elif not args.store.exists():
         raise FileNotFoundError(f"results store {args.store} does not exist (run `medadv run` first)")
-    print_results(args.store, args.benchmark, args.csv, args.markdown)
+    print_results(args.store, args.benchmark, args.csv, args.markdown, args.merge)
     return 0
 
 
 def report_command(args: argparse.Namespace, _: Sequence[str]) -> int:
-    if not args.store.is_file():
+    if not args.store.exists():
         raise FileNotFoundError(f"results store {args.store} does not exist (run `medadv run` first)")
     write_report(args.store, args.benchmark, args.output or args.store.parent / args.benchmark)
     return 0
@@ -160,7 +165,8 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def print_results(store_path: Path, benchmark: str | None, csv: Path | None = None,
-                  markdown: Path | None = None) -> None:
+                  markdown: Path | None = None, merged: Sequence[Path] = ()) -> None:
+    """Print the store's done cells; export them to ``csv``/``markdown``, never over the store or ``merged``."""
     from rich.console import Console
     from rich.table import Table
 
@@ -176,12 +182,18 @@ def print_results(store_path: Path, benchmark: str | None, csv: Path | None = No
     for row in listing.rows:
         shown.add_row(*map(entry_text, row))
     Console(width=160).print(shown)
+    protected = stores_of(store_path, merged)
     if csv:
-        export_csv(records, csv)
+        export_csv(records, csv, protected)
         print(f"wrote {csv}")
     if markdown:
-        export_markdown(records, markdown)
+        export_markdown(records, markdown, protected)
         print(f"wrote {markdown}")
+
+
+def stores_of(store: Path, merged: Sequence[Path] = ()) -> dict[str, Path | Sequence[Path]]:
+    """The stores a command reads or writes, by description: what its exports must never overwrite."""
+    return {"the results store": store, "a merged store": merged}
 
 
 def write_report(store_path: Path, benchmark: str, folder: Path) -> None:

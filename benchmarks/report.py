@@ -13,7 +13,16 @@ from pathlib import Path
 
 from attacks.budgets import budget_text
 from benchmarks.figures import Image, budget_curves, perturbation_bars, quality_scatter, transfer_heatmap
-from benchmarks.store import CellRecord, ResultsStore, StoredExample
+from benchmarks.store import (
+    CellRecord,
+    Protected,
+    ResultsStore,
+    StoredExample,
+    atomic_write,
+    check_output,
+    protected_files,
+    same_file,
+)
 from benchmarks.tables import (
     TASK_METRICS,
     Summary,
@@ -29,6 +38,7 @@ from benchmarks.tables import (
     transfer_overview,
     transfer_table,
     unique,
+    worst_case_table,
 )
 
 ExamplesOf = Callable[[str], list[StoredExample]]
@@ -62,19 +72,44 @@ class Section:
 
 def write_report(store: ResultsStore, benchmark: str, output_dir: Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` (figures in ``figures/``) for one benchmark of ``store`` into
-    ``output_dir``; returns their paths. ValueError when the store holds no cell of the benchmark."""
+    ``output_dir``, each atomically; returns their paths. ValueError when the store holds no cell of the
+    benchmark, or when a report file would replace the store or another SQLite file (:func:`report_paths`)."""
     records = store.records(benchmark, status=None)
     if not records:
         raise ValueError(f"benchmark {benchmark!r}: no cells in {store.path}")
+    html_path, markdown_path, figure_dir = report_paths(output_dir, {"the results store": store.path})
     done = select(records, status="done")
-    sections = [overview_section(benchmark, records), *dataset_sections(done, store.examples)]
+    sections = [overview_section(benchmark, records), *dataset_sections(done, store)]
     title = f"MedAdvBench report: {benchmark}"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    html_path = output_dir / "report.html"
-    html_path.write_text(render_html(title, sections), encoding="utf-8")
-    markdown_path = output_dir / "report.md"
-    markdown_path.write_text(render_markdown(title, sections, output_dir / "figures"), encoding="utf-8")
+    write_text(html_path, render_html(title, sections))
+    write_text(markdown_path, render_markdown(title, sections, figure_dir))
     return html_path, markdown_path
+
+
+def report_paths(output_dir: Path, protected: Protected) -> tuple[Path, Path, Path]:
+    """``report.html``, ``report.md`` and ``figures/`` in ``output_dir`` (created), after checking that none of
+    them, nor a figure the report replaces, is a protected store, an SQLite file or of the wrong kind."""
+    figure_dir = output_dir / "figures"
+    for folder in (output_dir, figure_dir):
+        for other, what in protected_files(protected):
+            if same_file(folder, other):
+                raise ValueError(f"refusing to write the report into {folder}: it is {what}")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"refusing to write the report into {folder}: it exists and is not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the report folder {output_dir} ({error})") from error
+    html_path, markdown_path = output_dir / "report.html", output_dir / "report.md"
+    for path in (html_path, markdown_path, *figure_dir.glob("figure-*.png")):
+        check_output(path, protected)
+    return html_path, markdown_path, figure_dir
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    with atomic_write(path, encoding="utf-8") as file:
+        file.write(text)
 
 
 def overview_section(benchmark: str, records: Sequence[CellRecord]) -> Section:
@@ -99,7 +134,7 @@ def overview_section(benchmark: str, records: Sequence[CellRecord]) -> Section:
     return Section("Overview", 2, blocks)
 
 
-def dataset_sections(done: Sequence[CellRecord], examples_of: ExamplesOf) -> Iterator[Section]:
+def dataset_sections(done: Sequence[CellRecord], store: ResultsStore) -> Iterator[Section]:
     """Per dataset: a heading, one section per attacked model, then its transfer and detection studies."""
     for dataset in unique(r.dataset for r in done):
         of_dataset = select(done, dataset=dataset)
@@ -107,18 +142,21 @@ def dataset_sections(done: Sequence[CellRecord], examples_of: ExamplesOf) -> Ite
         task = task_of(attacked)
         yield Section(f"{dataset} ({task})" if task else dataset, 2)
         for model in unique(r.model for r in attacked):
-            yield model_section(model, select(attacked, model=model), examples_of)
+            yield model_section(model, select(attacked, model=model), store)
         for section in (transfer_section(select(of_dataset, kind="transfer")),
                         detection_section(select(of_dataset, kind="detection"))):
             if section.blocks:
                 yield section
 
 
-def model_section(model: str, records: Sequence[CellRecord], examples_of: ExamplesOf) -> Section:
-    """One model's attack cells: the tables, the budget curves, quality and Var/Cos plots, then examples."""
+def model_section(model: str, records: Sequence[CellRecord], store: ResultsStore) -> Section:
+    """One model's attack cells: the worst case over attacks (the headline), the tables, the budget curves,
+    quality and Var/Cos plots, then examples."""
     main = TASK_METRICS.get(task_of(records) or "", ())[:1]
     plots = [budget_curves(records, [*main, "success_rate"]), quality_scatter(records), perturbation_bars(records)]
-    blocks = [*model_tables(records), *(plot for plot in plots if plot), *example_images(records, examples_of)]
+    headline = worst_case_table(records, store.sample_scores)
+    blocks = [*([headline] if headline else []), *model_tables(records), *(plot for plot in plots if plot),
+              *example_images(records, store.examples)]
     return Section(f"Model {model}", 3, blocks)
 
 
@@ -210,6 +248,7 @@ def render_markdown(title: str, sections: Sequence[Section], figure_dir: Path) -
             else:
                 count += 1
                 path = figure_dir / f"figure-{count:03d}.png"
-                path.write_bytes(block.png)
+                with atomic_write(path, "wb") as file:
+                    file.write(block.png)
                 parts.append(f"![{block.title}]({figure_dir.name}/{path.name})\n\n{block.title}. {block.caption}")
     return "\n\n".join(parts) + "\n"

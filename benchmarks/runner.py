@@ -22,7 +22,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmarks.cell_kinds import CELL_KINDS
+from benchmarks.cell_kinds import CELL_KINDS, CellOutput
 from benchmarks.grid import Benchmark, Cell, ModelSpec, select_shard
 from benchmarks.model_cache import TrainedModel, load_or_train
 from benchmarks.progress import CellProgress
@@ -143,21 +143,21 @@ class BenchmarkRunner:
         running = cell_record(cell, "running", versions=self.versions, host=self.host, started_at=now())
         if self.writer:
             store.start(running)
-        examples: list[tuple[str, bytes]] = []
+        output = CellOutput({})
         start = time.perf_counter()
         try:
             trained = [self.trained(spec) for spec in cell.models]
             start = time.perf_counter()  # a cell's seconds are its evaluation's, not its models' training
-            metrics, examples = self.evaluate(cell, trained)
+            output = self.evaluate(cell, trained)
             task = getattr(trained[0].module, "task", "unknown")
-            record = replace(running, status="done", metrics=metrics, settings=running.settings | {"task": task})
+            record = replace(running, status="done", metrics=output.metrics, settings=running.settings | {"task": task})
         except Exception:  # a failing cell is stored with its traceback; the other cells still run
             record = replace(running, status="failed", error=f"rank {rank_zero_only.rank}: {traceback.format_exc()}")
             print(f"cell {cell.key} failed on {record.error}", file=sys.stderr)
         record = replace(record, seconds=time.perf_counter() - start, finished_at=now())
         stop = record.status == "failed" and multi_process()
         if self.writer or stop:
-            store.finish(record, examples)
+            store.finish(record, output.examples, output.samples)
         if stop:
             raise SystemExit(f"rank {rank_zero_only.rank}: stopping the multi-process run after {cell.key} failed; "
                              "run the same command again to redo it and the cells after it")
@@ -171,7 +171,7 @@ class BenchmarkRunner:
             )
         return self.models[spec]
 
-    def evaluate(self, cell: Cell, trained: Sequence[TrainedModel]) -> tuple[dict[str, float], list[tuple[str, bytes]]]:
+    def evaluate(self, cell: Cell, trained: Sequence[TrainedModel]) -> CellOutput:
         """Run the cell's callback inside ``trainer.test`` of its first model and read its results."""
         models = {item.spec.label: item.module for item in trained}
         kind = CELL_KINDS[cell.kind]

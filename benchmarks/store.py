@@ -1,17 +1,25 @@
 """The results store: one SQLite row per benchmark cell, written transactionally, so a run killed at any
-moment resumes by redoing exactly the cells that are not ``done`` under their current config hash."""
+moment resumes by redoing exactly the cells that are not ``done`` under their current config hash. Also the
+two guards every file our commands write goes through: :func:`check_output` (never onto a store or another
+SQLite database) and :func:`atomic_write` (a temporary file, then ``os.replace``)."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+SCHEMA_VERSION = 1  # PRAGMA user_version of a store; 0 is an older store made before the marker existed
+SQLITE_HEADER = b"SQLite format 3\x00"
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file, part of its data
+Protected = Mapping[str, Path | str | Sequence[Path | str]]  # what must not be overwritten, by description
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY,
@@ -33,6 +41,13 @@ CREATE TABLE IF NOT EXISTS cells (
     started_at REAL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS sample_scores (
+    key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
+    stream TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (key, stream, sample_id)
+);
 CREATE TABLE IF NOT EXISTS examples (
     key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
     position INTEGER NOT NULL,
@@ -46,6 +61,7 @@ CELL_COLUMNS = (
     "metrics", "settings", "versions", "seconds", "host", "error", "started_at", "finished_at",
 )
 JSON_COLUMNS = ("metrics", "settings", "versions")
+SampleScores = Mapping[str, Mapping[str, float]]  # stream ("clean", "adv") -> sample id -> score
 
 
 @dataclass(frozen=True)
@@ -101,15 +117,26 @@ class ResultsStore:
 
     def __init__(self, path: Path | str, timeout: float = 120.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_store_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"results store {self.path}: cannot create its folder ({error})") from error
         self.connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         self.connection.row_factory = sqlite3.Row
+        try:
+            version = check_schema(self.path, self.connection)  # reads only: nothing is written to a refused file
+        except BaseException:
+            self.connection.close()
+            raise
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=FULL")
         self.connection.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as cursor:
             for statement in _statements(SCHEMA):
                 cursor.execute(statement)
+            if version != SCHEMA_VERSION:
+                cursor.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.connection.close()
@@ -143,9 +170,12 @@ class ResultsStore:
             cursor.execute("DELETE FROM cells WHERE key = ?", (cell.key,))
             _insert(cursor, cell)
 
-    def finish(self, cell: CellRecord, examples: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Record a cell as done or failed, with its examples, in one transaction. A failure recorded over
-        a failed row keeps the earlier error first (several ranks of one run report one cell)."""
+    def finish(
+        self, cell: CellRecord, examples: Sequence[tuple[str, bytes]] = (), samples: SampleScores | None = None
+    ) -> None:
+        """Record a cell as done or failed, with its examples and per-sample scores (``{stream: {sample id:
+        score}}``, streams ``clean`` and ``adv``), in one transaction. A failure recorded over a failed row
+        keeps the earlier error first (several ranks of one run report one cell)."""
         with self.transaction() as cursor:
             if cell.status == "failed":
                 row = cursor.execute("SELECT error FROM cells WHERE key = ? AND status = 'failed'", (cell.key,))
@@ -157,6 +187,11 @@ class ResultsStore:
             cursor.executemany(
                 "INSERT INTO examples (key, position, caption, png) VALUES (?, ?, ?, ?)",
                 [(cell.key, position, caption, png) for position, (caption, png) in enumerate(examples)],
+            )
+            cursor.executemany(
+                "INSERT INTO sample_scores (key, stream, sample_id, score) VALUES (?, ?, ?, ?)",
+                [(cell.key, stream, sample, score) for stream, scores in (samples or {}).items()
+                 for sample, score in scores.items()],
             )
 
     def records(self, benchmark: str | None = None, status: str | None = "done") -> list[CellRecord]:
@@ -176,18 +211,32 @@ class ResultsStore:
         )
         return [StoredExample(row["key"], row["position"], row["caption"], bytes(row["png"])) for row in rows]
 
+    def sample_scores(self, key: str) -> SampleScores:
+        """``{stream: {sample id: score}}`` of one cell (empty for cells stored without them)."""
+        rows = self.connection.execute("SELECT stream, sample_id, score FROM sample_scores WHERE key = ?", (key,))
+        scores: dict[str, dict[str, float]] = {}
+        for row in rows:
+            scores.setdefault(row["stream"], {})[row["sample_id"]] = row["score"]
+        return scores
+
     def merge(self, others: Iterable[Path]) -> int:
         """Copy the ``done`` cells (and their examples) of other stores into this one; returns how many.
         A cell present in several stores keeps the latest finished one."""
+        others = [Path(path) for path in others]
+        for path in others:  # all checked before the first copy
+            if not path.exists():
+                raise FileNotFoundError(f"results store {path} does not exist")
+            if same_file(path, self.path):
+                raise ValueError(f"cannot merge results store {path} into itself")
+            check_store_file(path)
         copied = 0
         for path in others:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"results store {path} does not exist")
             with ResultsStore(path) as other:
                 for record in other.records(status="done"):
                     if self._newer_or_equal(record):
                         continue
-                    self.finish(record, [(e.caption, e.png) for e in other.examples(record.key)])
+                    examples = [(e.caption, e.png) for e in other.examples(record.key)]
+                    self.finish(record, examples, other.sample_scores(record.key))
                     copied += 1
         return copied
 
@@ -196,6 +245,103 @@ class ResultsStore:
             "SELECT finished_at FROM cells WHERE key = ? AND status = 'done'", (record.key,)
         ).fetchone()
         return row is not None and (row["finished_at"] or 0) >= (record.finished_at or 0)
+
+
+def check_store_file(path: Path) -> None:
+    """ValueError naming ``path`` when it exists but is not an SQLite file (a folder, a text file, a FIFO);
+    a missing or empty file is fine (SQLite creates the store)."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ValueError(f"results store {path} is a folder, not an SQLite database")
+    if not path.is_file():
+        raise ValueError(f"results store {path} is not a regular file")
+    if path.stat().st_size and not is_sqlite(path):
+        raise ValueError(f"results store {path} is not an SQLite database")
+
+
+def check_schema(path: Path, connection: sqlite3.Connection) -> int:
+    """The schema version of the open database; ValueError naming ``path`` unless it is empty, a store of this
+    version, or an older store without the version marker that has the ``cells`` table. Reads only."""
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(cells)")}
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"results store {path} is not a readable SQLite database ({error})") from error
+    if version not in (0, SCHEMA_VERSION):
+        raise ValueError(f"results store {path} has schema version {version}; this medadv reads version "
+                         f"{SCHEMA_VERSION} (a newer medadv wrote it, or it is not a results store)")
+    if tables and "cells" not in tables:
+        raise ValueError(f"results store {path} is an SQLite database without a cells table, not a results store")
+    missing = [name for name in CELL_COLUMNS if name not in columns] if "cells" in tables else []
+    if missing:
+        raise ValueError(f"results store {path} has a cells table without the columns {', '.join(missing)}")
+    return version
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with SQLite's header."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def same_file(one: Path | str, other: Path | str) -> bool:
+    """Whether two paths name the same file: equal once resolved, or the same inode (hard links)."""
+    one, other = Path(one), Path(other)
+    if one.resolve() == other.resolve():
+        return True
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
+def protected_files(protected: Protected | None) -> Iterator[tuple[Path, str]]:
+    """Each protected path and, for a store, SQLite's side files of it (``-wal``, ``-shm``, ``-journal``), with
+    what it is in words ("the results store runs/results.db")."""
+    for what, paths in (protected or {}).items():
+        for path in [paths] if isinstance(paths, (str, Path)) else paths:
+            yield Path(path), f"{what} {path}"
+            for suffix in SIDE_FILES:
+                yield Path(f"{path}{suffix}"), f"the {suffix[1:]} file of {what} {path}"
+
+
+def check_output(path: Path, protected: Protected | None = None) -> None:
+    """Refuse (ValueError or FileNotFoundError, naming ``path`` and why) to write a file at ``path`` when it is
+    one of ``protected`` (by description: ``{"the results store": store}``, stores with their side files), an
+    existing SQLite database, folder or other non-regular file, or when its folder does not exist."""
+    for other, what in protected_files(protected):
+        if same_file(path, other):
+            raise ValueError(f"refusing to write {path}: it is {what}")
+    if path.is_dir():
+        raise ValueError(f"refusing to write {path}: it is a folder")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"refusing to write {path}: it is not a regular file")
+    if path.is_file() and is_sqlite(path):
+        raise ValueError(f"refusing to write {path}: it is an SQLite database (a results store?)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing and move it onto ``path`` (``os.replace``) only when
+    the block ends without error, so ``path`` holds either its old content or the whole new one."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as the umask allows
+    try:
+        with os.fdopen(descriptor, mode, **open_args) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _statements(script: str) -> list[str]:

@@ -8,14 +8,20 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from attacks.budgets import budget_text, budget_value
-from benchmarks.store import CellRecord
+from attacks.registry import attack_entry
+from benchmarks.store import CellRecord, Protected, SampleScores, atomic_write, check_output
+from callbacks.checks import CellSummary, cross_checks, verdicts
 from callbacks.detector_features import DETECTORS
+from callbacks.intervals import wilson_interval
+from callbacks.worst_case import threat_group, worst_scores
 
 TASK_METRICS = {
     "classification": ("accuracy", "auc", "fpr"),
@@ -26,6 +32,7 @@ METRIC_NAMES = {
     "accuracy": "accuracy", "auc": "AUC", "fpr": "FPR", "jaccard": "Jaccard", "dice": "Dice",
     "pixel_accuracy": "pixel accuracy", "map": "mAP", "map_50": "mAP@0.5", "mean_iou": "matched-box IoU",
     "success_rate": "success rate", "targeted_success_rate": "targeted success rate",
+    "image_jaccard": "per-image Jaccard",
 }
 QUALITY_COLUMNS = (
     ("adv/success_rate", "success rate"), ("adv/ssim", "SSIM"), ("adv/psnr", "PSNR (dB)"),
@@ -206,8 +213,97 @@ def model_tables(records: Sequence[CellRecord]) -> list[Table]:
     metrics = TASK_METRICS.get(task_of(records) or "", ())
     tables = [budget_table(records, metric, clean=True) for metric in metrics]
     tables += [budget_table(records, metric, clean=False) for metric in ("success_rate", "targeted_success_rate")]
-    tables += [quality_table(records), perturbation_table(records), settings_table(records)]
+    tables += [checks_table(records), quality_table(records), perturbation_table(records), settings_table(records)]
     return [table for table in tables if table is not None]
+
+
+PER_SAMPLE_METRICS = {"classification": "accuracy", "segmentation": "image_jaccard"}
+SamplesOf = Callable[[str], SampleScores]
+
+
+def worst_case_table(records: Sequence[CellRecord], samples_of: SamplesOf) -> Table | None:
+    """The headline: for each budget (and norm), each sample counts as robust only if every attack cell at
+    that budget failed on it (classification: correct under all; segmentation: the image's lowest Jaccard),
+    beside the clean score and the strongest single attack; one seed with its 95% interval, several as
+    mean ± std over seeds."""
+    metric = PER_SAMPLE_METRICS.get(task_of(records) or "")
+    if metric is None:
+        return None
+    groups: dict[tuple[str, str], list[CellRecord]] = {}
+    for record in in_grid_order(records):
+        for attack in record.settings.get("attacks", []):
+            group = threat_group(attack["settings"], record.budget)
+            if group is not None:
+                groups.setdefault((group, record.budget), []).append(record)
+    rows = []
+    for (group, budget), cells in groups.items():
+        clean, worst, sizes, single = [], [], [], {}
+        for seed in unique(r.seed for r in cells):
+            scores = {r.attack: samples_of(r.key) for r in cells if r.seed == seed}
+            adversarial = [found["adv"] for found in scores.values() if "adv" in found]
+            if not adversarial:
+                continue
+            per_sample = worst_scores(adversarial)
+            clean_scores = next(found["clean"] for found in scores.values() if "clean" in found)
+            clean.append(statistics.fmean(clean_scores[sample] for sample in per_sample))
+            worst.append(statistics.fmean(per_sample.values()))
+            sizes.append(len(per_sample))
+            for attack, found in scores.items():
+                single.setdefault(attack, []).append(statistics.fmean(found["adv"].values()))
+        if not worst:
+            continue
+        interval = None
+        if len(worst) == 1 and metric == "accuracy":
+            low, high = wilson_interval(torch.tensor(worst[0] * sizes[0]), torch.tensor(float(sizes[0])))
+            interval = (float(low), float(high))
+        strongest = min(single, key=lambda attack: statistics.fmean(single[attack]))
+        norm = group.removeprefix("worst").removeprefix("_") or "linf"
+        rows.append((f"{budget_text(budget)} ({norm})", Summary.of(clean), Summary.of(worst, interval),
+                     str(len(single)), f"{strongest} ({statistics.fmean(single[strongest]):.3f})"))
+    if not rows:
+        return None
+    name = METRIC_NAMES.get(metric, metric)
+    note = ("A sample is robust at a budget only if every attack there failed on it (Croce & Hein 2020); "
+            "attacks of other norms or budgets, minimal-norm and exposure attacks are not pooled.")
+    return Table(f"Worst case over attacks: {name}", ("budget", f"clean {name}", f"worst-case {name}", "attacks",
+                                                      "strongest single attack"), tuple(rows), note)
+
+
+def cell_summary(record: CellRecord, metric: str) -> CellSummary | None:
+    """An attack cell as the cross-cell checks see it; None for a cell without its stored attack."""
+    attacks = record.settings.get("attacks") or []
+    if len(attacks) != 1 or f"adv/{metric}" not in record.metrics:
+        return None
+    (attack,) = attacks
+    try:
+        access = attack_entry(attack["name"]).cls.access
+    except ValueError:
+        access = "white-box"
+    settings = attack["settings"]
+    return CellSummary(record.attack, record.budget, attack["name"], access, int(settings.get("steps", 1)),
+                       settings.get("norm"), record.metrics[f"adv/{metric}"])
+
+
+def checks_table(records: Sequence[CellRecord]) -> Table | None:
+    """The attack-failure checks that warn (``callbacks.checks``): each cell's own, then those across
+    attacks and budgets of each seed; a single row saying so when every check passed."""
+    metric = TASK_METRICS.get(task_of(records) or "", ("accuracy",))[0]
+    rows: list[tuple[Entry, ...]] = []
+    checked = 0
+    for record in in_grid_order(records):
+        found = verdicts(record.metrics)
+        checked += len(found)
+        rows += [(f"{record.attack} at {budget_text(record.budget)}", name, verdict.removeprefix("warn: "))
+                 for name, verdict in found.items() if verdict != "pass"]
+    for seed in unique(r.seed for r in records):
+        summaries = [s for r in select(records, seed=seed) if (s := cell_summary(r, metric))]
+        rows += [(f"{cell.attack} at {budget_text(cell.budget)}", name, reason)
+                 for cell, name, reason in cross_checks(summaries)]
+    if not checked and not rows:
+        return None
+    note = "Checks: Carlini et al. 2019, Pintor et al. 2022, AutoAttack's; docs/metrics.md lists them."
+    return Table("Attack-failure checks", ("cell", "check", "warning"),
+                 tuple(rows) or (("every cell", "all checks", "passed"),), note)
 
 
 def setting_text(value: Any) -> str:
@@ -408,10 +504,11 @@ def results_table(records: Iterable[CellRecord]) -> Table:
     return Table("Results", RESULT_HEADER, rows)
 
 
-def export_csv(records: Iterable[CellRecord], path: Path) -> Path:
-    """Write :func:`result_rows` as CSV (full precision, empty where a number is missing); returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as file:
+def export_csv(records: Iterable[CellRecord], path: Path, protected: Protected | None = None) -> Path:
+    """Write :func:`result_rows` as CSV (full precision, empty where a number is missing); returns the path.
+    Written atomically, never onto ``protected`` stores or any SQLite file (:func:`check_output`)."""
+    check_output(path, protected)
+    with atomic_write(path, newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(field.name for field in fields(ResultRow))
         for row in result_rows(records):
@@ -419,8 +516,9 @@ def export_csv(records: Iterable[CellRecord], path: Path) -> Path:
     return path
 
 
-def export_markdown(records: Iterable[CellRecord], path: Path) -> Path:
-    """Write :func:`results_table` as a Markdown table; returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(results_table(records)) + "\n", encoding="utf-8")
+def export_markdown(records: Iterable[CellRecord], path: Path, protected: Protected | None = None) -> Path:
+    """Write :func:`results_table` as a Markdown table; returns the path. Guarded as :func:`export_csv`."""
+    check_output(path, protected)
+    with atomic_write(path, encoding="utf-8") as file:
+        file.write(to_markdown(results_table(records)) + "\n")
     return path

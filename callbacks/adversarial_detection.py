@@ -31,6 +31,7 @@ from callbacks.detector_features import (
     evaluate_detectors,
     kernel_density,
 )
+from callbacks.distributed import gather_objects
 from callbacks.fit_data import fit_dataloader
 
 DEFAULT_MAX_TRAIN_SAMPLES = 2000
@@ -75,12 +76,6 @@ def model_views(pl_module: pl.LightningModule, images: Tensor, layer_names: Sequ
             logits = pl_module(images)
     layers = [outputs[name].flatten(1) for name in layer_names] + [features, logits]
     return ModelViews(logits, features, layers)
-
-
-def gather_objects(trainer: pl.Trainer, obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order: one strategy broadcast per rank (Lightning has no object
-    all-gather; uneven sizes are fine)."""
-    return [trainer.strategy.broadcast(obj, src=rank) for rank in range(trainer.world_size)]
 
 
 def detection_metrics(report: DetectionReport) -> dict[str, float]:

@@ -1,6 +1,8 @@
 """AdversarialEvaluation: runs every configured attack at every budget on each test batch inside
-``trainer.test`` and logs clean and adversarial task metrics, perturbation statistics, image quality
-and cost under ``clean/{metric}`` and ``adv/{attack}/{budget}/{metric}``."""
+``trainer.test`` and logs clean and adversarial task metrics (proportions with 95% Wilson intervals),
+perturbation statistics, image quality and cost under ``clean/{metric}`` and ``adv/{attack}/{budget}/{metric}``,
+the per-sample worst case over the attacks of each budget under ``adv/worst/{budget}/{metric}``, and the
+attack-failure checks under ``check/{attack}/{budget}/{name}`` (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult, plain_setting
-from attacks.budgets import budget_label
+from attacks.base import Attack, AttackResult, frozen_model, plain_setting
+from attacks.budgets import MINIMAL, budget_label
+from callbacks.checks import CellSummary, LossEvidence, ModelEvidence, cross_checks, verdicts
+from callbacks.distributed import gather_objects
 from callbacks.examples import Example, examples_of
 from callbacks.fit_data import fit_dataloader
 from callbacks.metrics import PerturbationStatistics
 from callbacks.quality import AdversarialImageQuality, BRISQUEScore
 from callbacks.task_scores import TaskScores, task_scores
 from callbacks.wandb_logging import log_examples, log_run_config, wandb_loggers
+from callbacks.worst_case import worst_case_metrics
 
 AttackFactory = Callable[[float | None], Attack]
 
@@ -61,6 +67,23 @@ def attack_specs(
     if not specs:
         raise ValueError("attacks must name at least one attack")
     return specs
+
+
+def merged(per_rank: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """The per-sample scores of every rank in one mapping (sample ids are unique across ranks)."""
+    scores: dict[str, dict[str, float]] = {}
+    for part in per_rank:
+        for key, values in part.items():
+            scores.setdefault(key, {}).update(values)
+    return scores
+
+
+def unbounded(attack: Attack, key: str) -> bool:
+    """Whether the attack at ``key`` has no effective bound: a minimal-norm attack (budget ``min``) or an
+    Linf budget of 1 or more (the whole [0, 1] range)."""
+    budget = key.rsplit("/", 1)[1]
+    settings = attack.settings
+    return budget == MINIMAL or (settings.get("norm", "linf") == "linf" and float(settings.get("eps", 0.0)) >= 1)
 
 
 def detached_batch(batch: Mapping[str, Any]) -> tuple[Tensor, Any]:
@@ -106,6 +129,8 @@ class AdversarialEvaluation(pl.Callback):
         self.example_rows: list[Example] = []
         self.last_examples: list[Example] = []
         self.results: dict[str, float] = {}
+        self.checks: dict[str, dict[str, str]] = {}
+        self.sample_scores: dict[str, dict[str, float]] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "test":
@@ -121,6 +146,11 @@ class AdversarialEvaluation(pl.Callback):
             {metric_slot(key): AdversarialImageQuality(self.with_brisque) for key in self.attacks}
         ).to(pl_module.device)
         self.clean_brisque = BRISQUEScore().to(pl_module.device) if self.with_brisque else None
+        self.sample_scores = {}
+        self.model_evidence = ModelEvidence().to(pl_module.device)
+        self.loss_evidence = nn.ModuleDict({metric_slot(key): LossEvidence() for key in self.attacks}).to(
+            pl_module.device
+        )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit data-dependent attacks (universal perturbations) on the training split first."""
@@ -148,8 +178,11 @@ class AdversarialEvaluation(pl.Callback):
                 clean_outputs = objective.forward(images)
             clean: TaskScores = self.scores["clean"]
             clean.update_scores(objective, clean_outputs, target)
+            self.keep_sample_scores("clean", clean.per_sample(objective, clean_outputs, target), batch["id"])
             if self.clean_brisque is not None:
                 self.clean_brisque.update(images)
+            with frozen_model(objective.model):
+                self.model_evidence.update(objective, images, target, clean_outputs)
             for key, attack in self.attacks.items():
                 start = time.perf_counter()
                 result: AttackResult = attack(objective, images, target, ids=batch["id"])
@@ -160,8 +193,10 @@ class AdversarialEvaluation(pl.Callback):
                 scores: TaskScores = self.scores[slot]
                 scores.update_scores(objective, adv_outputs, target)
                 scores.update_success(objective, clean_outputs, adv_outputs, target, result.extras.get("goal"))
+                self.keep_sample_scores(key, scores.per_sample(objective, adv_outputs, target), batch["id"])
                 self.perturbation[slot].update(result.perturbation(images), result.trace, seconds)
                 self.quality[slot].update(result.adv_images, images)
+                self.loss_evidence[slot].update(result.trace)
                 if batch_idx == 0 and trainer.is_global_zero:
                     self.example_rows += examples_of(
                         key, batch["id"], images, result.adv_images, target,
@@ -173,24 +208,60 @@ class AdversarialEvaluation(pl.Callback):
         if self.clean_brisque is not None:
             clean_values["brisque"] = self.clean_brisque.compute()
         self.results = {f"clean/{name}": float(value) for name, value in clean_values.items()}
-        for key in self.attacks:
+        model_evidence = self.model_evidence.compute()
+        for key, attack in self.attacks.items():
             slot = metric_slot(key)
             values = self.scores[slot].compute_scores()
             values |= self.scores[slot].drops(clean_values, values)
             values |= self.perturbation[slot].compute()
             values |= self.quality[slot].compute()
             self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
+            evidence = model_evidence | self.loss_evidence[slot].compute()
+            if unbounded(attack, key):
+                evidence["check/unbounded_not_broken"] = values[self.scores[slot].headline[0]]
+            self.results |= {f"check/{key}/{name.removeprefix('check/')}": float(v) for name, v in evidence.items()}
+        self.sample_scores = merged(gather_objects(trainer, self.sample_scores))
+        clean = self.scores["clean"]
+        if clean.per_sample_metric is not None:
+            binary = clean.per_sample_metric == "accuracy"
+            self.results |= worst_case_metrics(self.attacks, self.sample_scores, clean.per_sample_metric, binary)
         for name, value in self.results.items():
             pl_module.log(name, value, rank_zero_only=True)
-        for metrics in (*self.scores.values(), *self.perturbation.values(), *self.quality.values()):
+        self.checks = self.check_verdicts()
+        for metrics in (*self.scores.values(), *self.perturbation.values(), *self.quality.values(),
+                        *self.loss_evidence.values(), self.model_evidence):
             metrics.reset()
         if self.clean_brisque is not None:
             self.clean_brisque.reset()
         if trainer.is_global_zero:
+            for key, found in self.checks.items():
+                for name, verdict in found.items():
+                    if verdict != "pass":
+                        rank_zero_warn(f"attack check {name} on {key}: {verdict.removeprefix('warn: ')}")
             for logger in wandb_loggers(trainer.loggers):
-                log_run_config(logger, {"attacks": self.settings()})
+                log_run_config(logger, {"attacks": self.settings(), "checks": self.checks})
                 log_examples(logger, self.example_rows)
         self.last_examples, self.example_rows = self.example_rows, []
+
+    def keep_sample_scores(self, key: str, scores: Tensor | None, ids: Sequence[str]) -> None:
+        """Remember each sample's score under ``key`` (``clean`` or an attack key), by sample id."""
+        if scores is not None:
+            self.sample_scores.setdefault(key, {}).update(zip(ids, scores.tolist(), strict=True))
+
+    def check_verdicts(self) -> dict[str, dict[str, str]]:
+        """``{attack key: {check: "pass" | "warn: reason"}}``: each attack's per-cell checks, and the checks
+        across this evaluation's attacks and budgets (``callbacks.checks.cross_checks``)."""
+        found = {key: verdicts(self.results, f"check/{key}/") for key in self.attacks}
+        summaries = []
+        for key, attack in self.attacks.items():
+            label, budget = key.rsplit("/", 1)
+            settings = attack.settings
+            score = self.results.get(f"adv/{key}/{self.scores['clean'].headline[0]}", float("nan"))
+            summaries.append(CellSummary(label, budget, attack.name, attack.access, int(settings.get("steps", 1)),
+                                         settings.get("norm"), score))
+        for cell, name, reason in cross_checks(summaries):
+            found[f"{cell.attack}/{cell.budget}"][name] = f"warn: {reason}"
+        return found
 
     def settings(self) -> dict[str, Any]:
         """Each attack's class and full settings (``Attack.settings``) per ``{name}/{budget}`` key."""

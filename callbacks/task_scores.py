@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -17,9 +18,14 @@ class TaskScores(nn.Module):
     """Scores of one prediction stream; ``drops`` names the headline metrics whose fall is reported."""
 
     headline: tuple[str, ...] = ()
+    per_sample_metric: str | None = None  # the name of ``per_sample``'s score; None: no per-sample score
 
     def update_scores(self, objective: Any, outputs: Any, target: Any) -> None:
         raise NotImplementedError
+
+    def per_sample(self, objective: Any, outputs: Any, target: Any) -> Tensor | None:
+        """(B,) score of each sample, whose minimum over attacks is the per-sample worst case."""
+        return None
 
     def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Any, goal: Any) -> None:
         """Attack success bookkeeping; only tasks with a per-sample notion of success override it."""
@@ -38,6 +44,7 @@ class TaskScores(nn.Module):
 
 class ClassificationTaskScores(TaskScores):
     headline = ("accuracy", "auc")
+    per_sample_metric = "accuracy"
 
     def __init__(self, num_classes: int, attacked: bool = True) -> None:
         super().__init__()
@@ -46,6 +53,10 @@ class ClassificationTaskScores(TaskScores):
 
     def update_scores(self, objective: Any, outputs: Any, target: Tensor) -> None:
         self.scores.update(objective.logits(outputs), target)
+
+    def per_sample(self, objective: Any, outputs: Any, target: Tensor) -> Tensor:
+        """1 where the sample is classified correctly, else 0."""
+        return (objective.predict(outputs) == target).float()
 
     def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Tensor, goal: Any) -> None:
         self.success.update(objective.predict(clean), objective.predict(adversarial), target, goal)
@@ -61,6 +72,7 @@ class ClassificationTaskScores(TaskScores):
 
 class SegmentationTaskScores(TaskScores):
     headline = ("jaccard", "dice")
+    per_sample_metric = "image_jaccard"
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,6 +80,13 @@ class SegmentationTaskScores(TaskScores):
 
     def update_scores(self, objective: Any, outputs: Any, target: Tensor) -> None:
         self.scores.update(objective.predict(outputs) > 0, target > 0)
+
+    def per_sample(self, objective: Any, outputs: Any, target: Tensor) -> Tensor:
+        """Each image's foreground Jaccard; 1 for an image with no foreground predicted or labelled."""
+        predicted, truth = (objective.predict(outputs) > 0).flatten(1), (target > 0).flatten(1)
+        union = (predicted | truth).sum(dim=1)
+        overlap = (predicted & truth).sum(dim=1)
+        return torch.where(union > 0, overlap / union.clamp_min(1), torch.ones_like(overlap, dtype=torch.float))
 
     def compute_scores(self) -> dict[str, Tensor]:
         return self.scores.compute()

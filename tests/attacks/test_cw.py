@@ -5,7 +5,6 @@ import torch
 
 from attacks.base import fooled_fraction
 from attacks.cw import CWL2, CWLinf, class_margin, margin_loss, signed_margin
-from attacks.gradient import PGD
 from tests.attacks.invariants import accuracy, assert_invariants
 
 EPS = 8 / 255
@@ -88,7 +87,7 @@ def test_cw_linf_confidence_pushes_margins_further(toy_classifier, toy_batch):
 
 def test_cw_l2_finds_small_adversarials(toy_classifier, toy_batch):
     """Each sample keeps its best adversarial over the search and lowering c after a success finds
-    closer ones; the result is far smaller than what PGD-L2 or random noise need."""
+    closer ones; random noise of the same sizes fools almost nothing."""
     images, labels, _ = toy_batch
     one = small_cw_l2(binary_search_steps=1)(toy_classifier, images, labels).adv_images
     adv = small_cw_l2()(toy_classifier, images, labels).adv_images
@@ -98,8 +97,6 @@ def test_cw_l2_finds_small_adversarials(toy_classifier, toy_batch):
     sizes_one, sizes = l2_sizes(one, images), l2_sizes(adv, images)
     assert (sizes[fooled_one] <= sizes_one[fooled_one] + 1e-6).all()
     assert sizes[fooled_one].mean() < sizes_one[fooled_one].mean()
-    pgd = PGD(eps=sizes[fooled].median().item(), norm="l2", steps=10)(toy_classifier, images, labels).adv_images
-    assert accuracy(toy_classifier, pgd, labels) > 1 - fooled.float().mean().item()
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * sizes.view(-1, 1, 1, 1)
     assert accuracy(toy_classifier, (images + noise).clamp(0, 1), labels) > 0.9

@@ -3,6 +3,7 @@ random control, persistence, and the attack rules when applied."""
 
 import pytest
 import torch
+from torch import nn
 
 from attacks.universal import (
     UniversalPerturbation,
@@ -11,6 +12,7 @@ from attacks.universal import (
     random_perturbation_like,
     targeted_success_rate,
 )
+from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.invariants import assert_invariants, model_state
 from tests.attacks.toys import blob_images
 
@@ -203,3 +205,20 @@ def test_fit_refuses_empty_or_inconsistent_loaders(toy_classifier, fitting_data)
 def test_constructor_rejects_bad_arguments(settings, argument):
     with pytest.raises(ValueError, match=argument):
         UniversalPerturbation(**settings)
+
+
+def test_fit_reads_at_most_max_fit_images():
+    """The fit stops reading the loader after ``max_fit_images`` images, every epoch."""
+    seen = []
+
+    class CountingLoader:
+        def __iter__(self):
+            for start in range(0, 40, 8):
+                seen.append(start)
+                yield {"image": torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(start))}
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    attack = UniversalPerturbation(eps=8 / 255, max_epochs=2, target_fooling_rate=1.0, max_fit_images=12)
+    attack.fit(ClassificationObjective(model), CountingLoader())
+    assert seen == [0, 8] * 4  # two epochs, each a fit pass and a fooling-rate pass over 12 images
+    assert attack.settings["max_fit_images"] == 12

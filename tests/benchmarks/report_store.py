@@ -68,6 +68,10 @@ def quality(attack: str, budget: str, rng: random.Random, brisque: bool) -> dict
     }
     if brisque:
         metrics |= {"adv/brisque": 20 + 3 * levels / STRENGTH[attack], "clean/brisque": 18.0 + rng.uniform(0, 1)}
+    # the failure checks' evidence: healthy, but for DeepFool, which leaves 20% of the samples unbroken
+    metrics |= {"check/vanishing_gradients": 0.0, "check/random_model": 0.0, "check/loss_not_increasing": 0.05}
+    if budget == "min":
+        metrics["check/unbounded_not_broken"] = 0.2
     return metrics
 
 

@@ -17,6 +17,7 @@ from benchmarks.tables import (
     Summary,
     Table,
     budget_table,
+    checks_table,
     detection_table,
     export_csv,
     export_markdown,
@@ -37,10 +38,10 @@ CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 # The demo store: overview (run + failed cells); fundus resnet18 (accuracy, AUC, FPR, success rate, quality,
 # perturbation), the transfer overview and two transfer matrices, one detector table; lung U-Net (Jaccard,
-# Dice, pixel accuracy, quality, perturbation), and an attack settings table per model. Plots: 3 + 2 heat
-# maps + 2 (no success rate for segmentation: no quality scatter). Examples: one per first-seed attack cell,
-# 7 fundus + 6 lung.
-EXPECTED = {"tables": 19, "plots": 7, "examples": 13, "sections": 7}
+# Dice, pixel accuracy, quality, perturbation), the attack-failure checks and attack settings per model.
+# Plots: 3 + 2 heat maps + 2 (no success rate for segmentation: no quality scatter). Examples: one per
+# first-seed attack cell, 7 fundus + 6 lung.
+EXPECTED = {"tables": 21, "plots": 7, "examples": 13, "sections": 7}
 
 
 def attack_cell(attack: str, budget: str, seed: int, **metrics: float) -> CellRecord:
@@ -103,6 +104,20 @@ def test_quality_and_perturbation_tables_follow_the_papers():
     perturbation = perturbation_table(records)
     assert perturbation.header == ("attack", "budget", "Var", "Cos > 0")
     assert perturbation.rows[0][2].mean == 2e-4 and perturbation.rows[0][3].mean == 0.95
+
+
+def test_checks_table_lists_each_warning_once_with_its_reason(demo_store):
+    records = [r for r in demo_store.records(BENCHMARK) if r.kind == "attack" and r.dataset == "synthetic_fundus"]
+    table = checks_table(records)
+    assert table.header == ("cell", "check", "warning")
+    assert [row[:2] for row in table.rows] == [("deepfool at min", "unbounded_not_broken")] * 2  # two seeds
+    assert "left accuracy 0.20" in table.rows[0][2]
+    healthy = [r for r in records if r.attack != "deepfool"]
+    assert checks_table(healthy).rows == (("every cell", "all checks", "passed"),)
+    weak = attack_cell("bim", "8_255", 0, **{"clean/accuracy": 0.9, "adv/accuracy": 0.95})
+    fgsm = attack_cell("fgsm", "8_255", 0, **{"clean/accuracy": 0.9, "adv/accuracy": 0.4})
+    ((cell_name, check, reason),) = checks_table([fgsm, weak]).rows
+    assert (cell_name, check) == ("bim at 8/255", "weaker_than_fgsm") and "FGSM 0.400" in reason
 
 
 def test_settings_table_shows_every_stored_setting_per_cell():

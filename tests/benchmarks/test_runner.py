@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import write_report
 from benchmarks.store import ResultsStore
+from benchmarks.tables import worst_case_table
 from tests.benchmarks.cli_runs import ROOT, medadv, run_env, run_medadv
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
@@ -67,6 +69,19 @@ def test_full_run_stores_every_cell_with_examples(full_run):
             assert attack["settings"]["seed"] == record.seed and "steps" in attack["settings"], record.key
             if record.attack != "deepfool":
                 assert {"eps", "norm", "early_stop", "target_mode"} <= set(attack["settings"]), record.key
+            # per-sample scores of the whole 10-image test split, clean and attacked, for the worst case
+            samples = store.sample_scores(record.key)
+            assert set(samples) == {"clean", "adv"} and len(samples["adv"]) == len(samples["clean"]) == 10
+            assert record.metrics["check/random_model"] == record.metrics["check/probability_outputs"] == 0
+        fgsm, bim = (store.sample_scores(f"tiny/fundus/resnet18/{a}/8_255/seed0")["adv"] for a in ("fgsm", "bim"))
+        headline = worst_case_table([r for r in attack_records if r.model == "resnet18"], store.sample_scores)
+        html, _ = write_report(store, "tiny", full_run / "report")
+    rows = {row[0]: row for row in headline.rows}  # 8/255 pools FGSM and BIM; 2/255 has FGSM alone
+    _, _, worst, attacks, _ = rows["8/255 (linf)"]
+    assert attacks == "2" and rows["2/255 (linf)"][3] == "1" and worst.interval is not None
+    assert worst.mean == pytest.approx(sum(min(fgsm[i], bim[i]) for i in fgsm) / len(fgsm))
+    assert worst.mean <= min(sum(fgsm.values()), sum(bim.values())) / len(fgsm)
+    assert "Worst case over attacks: accuracy" in html.read_text()
     fgsm = results["tiny/fundus/resnet18/fgsm/8_255/seed0"]
     assert fgsm["adv/linf"] == pytest.approx(8 / 255, rel=1e-3)
     assert fgsm["adv/accuracy"] <= fgsm["clean/accuracy"]

@@ -6,6 +6,7 @@ Each ``fit_*`` returns the fitted module (in eval mode) and its datamodule; ``he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,16 @@ def quick_trainer(max_epochs: int = 1, **options: Any) -> L.Trainer:
     )
 
 
-def fit(module: TaskModule, datamodule: L.LightningDataModule, max_epochs: int, **options: Any) -> TaskModule:
-    """Fit from a fixed seed; ``options`` go to the Trainer (e.g. ``limit_train_batches``)."""
+def fit(
+    build: Callable[[], TaskModule], datamodule: L.LightningDataModule, max_epochs: int, **options: Any
+) -> TaskModule:
+    """Build the module and fit it from a fixed seed; ``options`` go to the Trainer (``limit_train_batches``).
+
+    The seed comes before ``build`` so the initial weights are fixed too: the session fixtures are set up
+    before the per-test seeding, so without it they would depend on the random draws of the tests run
+    before (another model under ``make test`` than when one test runs alone)."""
     torch.manual_seed(0)
+    module = build()
     quick_trainer(max_epochs, **options).fit(module, datamodule=datamodule)
     return module.eval()
 
@@ -56,40 +64,44 @@ def held_out_scores(module: TaskModule, datamodule: L.LightningDataModule) -> di
 def fit_classifier() -> tuple[ClassifierModule, SyntheticFundusDataModule]:
     """resnet18 grading 5 synthetic DR grades from 64-pixel fundus images."""
     datamodule = SyntheticFundusDataModule(num_samples=400, size=64, seed=0, batch_size=32)
-    module = ClassifierModule("resnet18", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    return fit(module, datamodule, max_epochs=6), datamodule
+
+    def build() -> ClassifierModule:
+        return ClassifierModule("resnet18", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+
+    return fit(build, datamodule, max_epochs=6), datamodule
 
 
 def fit_segmenter() -> tuple[SegmenterModule, SyntheticLungCTDataModule]:
     """U-Net (resnet18 encoder, small decoder) segmenting lungs on 64-pixel synthetic CT slices."""
     datamodule = SyntheticLungCTDataModule(num_samples=160, size=64, seed=0, batch_size=8)
-    module = SegmenterModule(in_channels=datamodule.in_channels, classes=1, lr=3e-3)
-    return fit(module, datamodule, max_epochs=3), datamodule
+    module = fit(lambda: SegmenterModule(in_channels=datamodule.in_channels, classes=1, lr=3e-3), datamodule, 3)
+    return module, datamodule
 
 
 def fit_detector() -> tuple[DetectorModule, SyntheticEndoscopyDataModule]:
     """Faster R-CNN (ResNet-18 FPN) on 128-pixel synthetic endoscopy frames with artefact boxes."""
     datamodule = SyntheticEndoscopyDataModule(num_samples=80, size=128, seed=0, batch_size=4)
-    module = DetectorModule(
-        "resnet18",
-        num_classes=datamodule.num_classes,
-        min_size=128,
-        max_size=128,
-        rpn_samples_per_image=64,
-        roi_samples_per_image=64,
-    )
-    return fit(module, datamodule, max_epochs=3), datamodule
+
+    def build() -> DetectorModule:
+        return DetectorModule(
+            "resnet18",
+            num_classes=datamodule.num_classes,
+            min_size=128,
+            max_size=128,
+            rpn_samples_per_image=64,
+            roi_samples_per_image=64,
+        )
+
+    return fit(build, datamodule, max_epochs=3), datamodule
 
 
 def fit_retinamnist_classifier(data_dir: Path) -> tuple[ClassifierModule, MedMNISTDataModule]:
     """resnet18 grading diabetic retinopathy (5 grades) on RetinaMNIST's 28-pixel fundus images."""
     datamodule = MedMNISTDataModule("retinamnist", str(data_dir / "medmnist"), size=28, num_classes=5)
-    module = ClassifierModule("resnet18", num_classes=5, lr=2e-3)
-    return fit(module, datamodule, max_epochs=3), datamodule
+    return fit(lambda: ClassifierModule("resnet18", num_classes=5, lr=2e-3), datamodule, max_epochs=3), datamodule
 
 
 def fit_cxr_segmenter(data_dir: Path) -> tuple[SegmenterModule, LungSegmentationDataModule]:
     """U-Net segmenting lungs on 64-pixel chest X-rays (Montgomery and Shenzhen sets)."""
     datamodule = LungSegmentationDataModule(str(data_dir / "cxr_lung_seg"), size=64, batch_size=8)
-    module = SegmenterModule(lr=3e-3)
-    return fit(module, datamodule, max_epochs=1, limit_train_batches=40), datamodule
+    return fit(lambda: SegmenterModule(lr=3e-3), datamodule, max_epochs=1, limit_train_batches=40), datamodule
