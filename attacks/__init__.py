@@ -5,11 +5,13 @@ registered name, as configs do. Every attack is called as ``attack(objective, im
 """
 
 from attacks.apgd import APGD, APGDDLR, APGDT
+from attacks.autoattack import AutoAttack
 from attacks.base import Attack, AttackResult, AttackTrace, Objective, SampleRandom, frozen_model
 from attacks.cw import CWL2, CWLinf
 from attacks.deepfool import DeepFool
 from attacks.dense import DenseAdversaryGeneration
 from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
+from attacks.fab import FAB, FABTargeted
 from attacks.fmn import FMN, robust_accuracy_curve
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM, GradientAttack
 from attacks.norms import L2, NORMS, Linf, Norm
@@ -28,6 +30,7 @@ __all__ = [
     "ATTACKS",
     "BIM",
     "CWL2",
+    "FAB",
     "FGSM",
     "FMN",
     "L2",
@@ -40,6 +43,7 @@ __all__ = [
     "TIFGSM",
     "TIMIFGSM",
     "Attack",
+    "AutoAttack",
     "AttackEntry",
     "AttackResult",
     "AttackTrace",
@@ -49,6 +53,7 @@ __all__ = [
     "DeepFool",
     "DenseAdversaryGeneration",
     "EnsembleObjective",
+    "FABTargeted",
     "GradientAttack",
     "Linf",
     "MultiplicativeExposure",

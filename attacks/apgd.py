@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from attacks.base import AttackResult, Objective, SampleRandom, TraceRecorder, check_fraction, check_steps
+from attacks.base import AttackResult, Objective, RowTrace, SampleRandom, check_fraction, check_steps
 from attacks.blackbox import require_class_logits
 from attacks.gradient import GradientAttack, put, take
 from attacks.norms import per_sample
@@ -56,7 +56,7 @@ def dlr_denominator(logits: Tensor, targeted: bool) -> Tensor:
     top = logits.topk(min(classes, 4), dim=1).values
     if not targeted:
         return top[:, 0] - top[:, 2] + DLR_EPS
-    return top[:, 0] - (top[:, -2] + top[:, -1]) / 2 + DLR_EPS
+    return top[:, 0] - (top[:, -2] + top[:, -1]) / 2 + DLR_EPS  # the last two of the top 4 (of the 3 when K = 3)
 
 
 def dlr_logits(objective: Objective, outputs: Any, needed_by: str) -> Tensor:
@@ -89,20 +89,6 @@ class Kept(NamedTuple):
 
     def put(self, rows: Tensor | None, part: Kept) -> Kept:
         return Kept(*(put(value, rows, new) for value, new in zip(self, part, strict=True)))
-
-
-class RowTrace:
-    """The trace over runs on subsets of the batch: a sample outside the current run keeps its last
-    iterate (a zero update) and records no loss."""
-
-    def __init__(self, images: Tensor) -> None:
-        self.images, self.frame = images, images
-        self.recorder = TraceRecorder(images)
-
-    def step(self, adv: Tensor, loss: Tensor, rows: Tensor | None, active: Tensor | None) -> None:
-        self.frame = put(self.frame, rows, adv)
-        self.recorder.record_loss(loss, rows)
-        self.recorder.step(self.frame - self.images, active)
 
 
 class APGD(GradientAttack):
@@ -158,7 +144,7 @@ class APGD(GradientAttack):
                 break
             start = self.initial_point(images, random)  # drawn for the whole batch: per-sample draws stay put
             rows = (~kept.fooled).nonzero().squeeze(1) if kept.fooled.any() else None
-            record = partial(trace.step, rows=rows, active=None if rows is None else ~kept.fooled)
+            record = partial(trace.step, rows=rows)
             part = self.descend(
                 objective, take(images, rows), take(start, rows), take(goal, rows), take(labels, rows), record
             )
@@ -199,7 +185,7 @@ class APGD(GradientAttack):
             best_loss = torch.where(improved, loss, best_loss)
             best_adv = torch.where(per_sample(improved, adv), adv, best_adv)
             best_gradient = torch.where(per_sample(improved, adv), gradient, best_gradient)
-            record(adv, loss)
+            record(adv, loss=loss)
             if step + 1 in self.checkpoints:
                 oscillating = increases < self.rho * (step + 1 - last_check)
                 stalled = ~halved_last & (best_at_last_check >= best_loss)

@@ -46,8 +46,9 @@ class AttackTrace:
 
     ``update_cosine[b, t]`` is the cosine between the perturbation updates of iterations t and t + 1;
     ``variance`` is the variance of the final perturbation. Black-box attacks count ``queries``.
-    ``losses[b, t]`` is the loss the attack ascends at iteration t (NaN where the sample was not
-    updated; (B, 0) for attacks that record none), which the failure checks read.
+    ``losses[b, t]`` is the loss the attack drives up at iteration t: the task loss, negated for targeted
+    attacks, or the attack's own loss where it is consistent across iterations (NaN where the sample was
+    not updated; (B, 0) for attacks that record none), which the failure checks read.
     """
 
     variance: Tensor
@@ -134,6 +135,26 @@ class TraceRecorder:
             queries=self._queries.clone(),
             losses=torch.stack(self._losses, dim=1) if self._losses else empty,
         )
+
+
+class RowTrace:
+    """The trace of runs on subsets (``rows``) of the batch, as restarts and cascades make: a sample outside
+    the current run keeps its last iterate (a zero update) and records no loss."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images, self.frame = images, images
+        self.recorder = TraceRecorder(images)
+
+    def step(
+        self, iterate: Tensor, rows: Tensor | None, loss: Tensor | None = None, active: Tensor | None = None
+    ) -> None:
+        """Record one iteration of the samples ``rows`` (all when None); ``active`` defaults to ``rows``."""
+        self.frame = iterate if rows is None else self.frame.index_copy(0, rows, iterate)
+        if loss is not None:
+            self.recorder.record_loss(loss, rows)
+        if active is None and rows is not None:
+            active = torch.zeros(len(self.images), dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
+        self.recorder.step(self.frame - self.images, active)
 
 
 Sampler = Callable[..., Tensor]

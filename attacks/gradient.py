@@ -160,8 +160,9 @@ class GradientAttack(Attack):
             if rows is not None and len(rows) == 0:
                 break
             clean, current = take(images, rows), take(adv, rows)
-            gradient, loss, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
-            recorder.record_loss(loss, rows)
+            gradient, _, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
+            with torch.no_grad():  # the task loss towards the goal: comparable across steps whatever step_loss adds
+                recorder.record_loss(self.targets.sign * objective.loss(outputs, take(goal, rows)), rows)
             if rows is not None:
                 keep = self.not_fooled(objective, outputs, goal[rows])
                 active[rows[~keep]] = False

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from attacks.apgd import APGD, APGDDLR, APGDT
+from attacks.autoattack import AutoAttack
 from attacks.base import Attack
 from attacks.cw import CWL2, CWLinf
 from attacks.deepfool import DeepFool
 from attacks.dense import DenseAdversaryGeneration
 from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
+from attacks.fab import FAB, FABTargeted
 from attacks.fmn import FMN
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM
 from attacks.one_pixel import OnePixelAttack
@@ -42,10 +44,13 @@ ATTACKS: dict[str, AttackEntry] = {
         AttackEntry(APGD, "eps"),
         AttackEntry(APGDDLR, "eps"),
         AttackEntry(APGDT, "eps"),
+        AttackEntry(AutoAttack, "eps"),
         AttackEntry(CWLinf, "eps"),
         AttackEntry(CWL2, None),
         AttackEntry(DeepFool, None),
         AttackEntry(FMN, None),
+        AttackEntry(FAB, "eps"),
+        AttackEntry(FABTargeted, "eps"),
         AttackEntry(SMIA, "eps"),
         AttackEntry(DenseAdversaryGeneration, "eps"),
         AttackEntry(MultiplicativeExposure, "eps"),

@@ -44,7 +44,7 @@ def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs)
     run = read_offline_run(run_dir)
     assert callback.results, "the callback computed no metrics"
     for name, value in callback.results.items():
-        assert run.summary[name] == pytest.approx(value, nan_ok=True), name
+        assert run.summary[name] == pytest.approx(value, nan_ok=True), (name, sorted(run.summary))
     assert {"clean/accuracy", "adv/fgsm/8_255/accuracy", "adv/fgsm/8_255/success_rate"} <= set(run.summary)
     assert run.group == "SyntheticFundusDataModule"
     assert run.job_type == "fgsm"
