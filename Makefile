@@ -12,6 +12,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 || $(BIN)/python -m pip install --quiet torch torchvision
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# reference implementations for the agreement tests (never imported by the project; they pin old deps)
+	$(BIN)/python -m pip install --quiet --no-deps pyautoattack==0.2.0 adv-lib==0.2.8
 	touch $@
 
 run: $(STAMP)

@@ -19,6 +19,7 @@ from attacks.square import SquareAttack
 from attacks.transfer import EnsembleObjective
 
 SQUARE_QUERIES = 5000
+SQUARE_P_INIT = 0.8  # AutoAttack's Square: larger first squares than the Square paper's 0.05
 EOT_DRAWS = 20
 RESTARTS_PLUS = 5
 # version -> stages (attack class, its settings, draws of Expectation over Transformation; 1 = none)
@@ -27,13 +28,13 @@ VERSIONS: dict[str, tuple[tuple[type[Attack], dict[str, Any], int], ...]] = {
         (APGD, {}, 1),
         (APGDT, {}, 1),
         (FABTargeted, {}, 1),
-        (SquareAttack, {"max_queries": SQUARE_QUERIES}, 1),
+        (SquareAttack, {"max_queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT}, 1),
     ),
     "plus": (
         (APGD, {"n_restarts": RESTARTS_PLUS}, 1),
         (APGDDLR, {"n_restarts": RESTARTS_PLUS}, 1),
         (FAB, {"n_restarts": RESTARTS_PLUS}, 1),
-        (SquareAttack, {"max_queries": SQUARE_QUERIES}, 1),
+        (SquareAttack, {"max_queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT}, 1),
         (APGDT, {}, 1),
         (FABTargeted, {}, 1),
     ),

@@ -6,6 +6,7 @@ import torch
 from attacks.apgd import APGD, checkpoints
 from attacks.gradient import PGD
 from tests.attacks.invariants import accuracy, assert_invariants
+from tests.attacks.toys import blob_images
 
 EPS = 8 / 255
 
@@ -43,8 +44,11 @@ def test_invariants(case, objective_name, request, toy_batch):
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 4 / 255), ("l2", 0.4)])
-def test_at_least_as_strong_as_pgd(norm, eps, toy_classifier, toy_batch):
-    images, labels, _ = toy_batch
+def test_at_least_as_strong_as_pgd(norm, eps, toy_classifier):
+    # 128 held-out images, not the 32 of toy_batch: there APGD-L2 and PGD-L2 fooled 28 each (one sample
+    # only PGD fools): a tie one sample can break. On these 128 APGD fooled 114 (L2) and 22 (Linf), PGD
+    # 109 and 19, and over other toy trainings PGD never fooled more than APGD
+    images, labels, _ = blob_images(128, torch.Generator().manual_seed(124))
     steps = 20
     apgd = APGD(eps=eps, steps=steps, norm=norm)(toy_classifier, images, labels).adv_images
     pgd = PGD(eps=eps, steps=steps, norm=norm)(toy_classifier, images, labels).adv_images
@@ -54,12 +58,17 @@ def test_at_least_as_strong_as_pgd(norm, eps, toy_classifier, toy_batch):
 
 def test_beats_random_noise_on_both_tasks(toy_classifier, toy_segmenter, toy_batch):
     images, labels, masks = toy_batch
-    noisy = (images + EPS * (torch.randint(0, 2, images.shape, generator=torch.Generator()) * 2 - 1)).clamp(0, 1)
+    signs = torch.randint(0, 2, images.shape, generator=torch.Generator()) * 2 - 1
+    noisy = (images + EPS * signs).clamp(0, 1)
     attack = APGD(eps=EPS, steps=10)
     assert accuracy(toy_classifier, attack(toy_classifier, images, labels).adv_images, labels) < 0.05
     assert accuracy(toy_classifier, noisy, labels) > 0.9
+    # the segmenter at 16/255: at 8/255 APGD's lead over noise depends on how the toy segmenter's
+    # training rounds (0.05-0.17 of the pixels); at 16/255 it was 0.32-0.74 over thread counts, rounding-
+    # level changes of the initial weights and other initialisations
+    attack = APGD(eps=16 / 255, steps=10)
     attacked = accuracy(toy_segmenter, attack(toy_segmenter, images, masks).adv_images, masks)
-    assert attacked < accuracy(toy_segmenter, noisy, masks) - 0.05
+    assert attacked < accuracy(toy_segmenter, (images + 16 / 255 * signs).clamp(0, 1), masks) - 0.2
 
 
 class RecordingAPGD(APGD):

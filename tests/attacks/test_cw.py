@@ -70,8 +70,12 @@ def test_cw_linf_fools_classifier_and_segmenter(toy_classifier, toy_segmenter, t
     attack = CWLinf(eps=EPS)
     assert accuracy(toy_classifier, attack(toy_classifier, images, labels).adv_images, labels) < 0.05
     assert accuracy(toy_classifier, noisy, labels) > 0.9
+    # the segmenter at 16/255: at 8/255 CW-Linf's lead over noise depends on how the toy segmenter's
+    # training rounds (0.047-0.13 of the pixels over thread counts and rounding-level changes of its
+    # initial weights, 0.003 with another initialisation); at 16/255 it was 0.53-0.72 over all of them
+    attack = CWLinf(eps=16 / 255)
     attacked = accuracy(toy_segmenter, attack(toy_segmenter, images, masks).adv_images, masks)
-    assert attacked < accuracy(toy_segmenter, noisy, masks) - 0.05
+    assert attacked < accuracy(toy_segmenter, (images + 16 / 255 * signs).clamp(0, 1), masks) - 0.2
 
 
 def test_cw_linf_confidence_pushes_margins_further(toy_classifier, toy_batch):

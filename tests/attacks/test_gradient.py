@@ -188,12 +188,15 @@ def test_targeted_modes_reach_their_goals(mode, toy_classifier, toy_batch):
 
 
 def test_targeted_segmentation_moves_pixels_to_goal(toy_segmenter, toy_batch):
+    # 16/255: at 8/255 the share of pixels moved to the goal depends on how the toy segmenter's training
+    # rounds (0.06-0.14 over thread counts and rounding-level changes of its initial weights, 0.014 with
+    # another initialisation); at 16/255 it was 0.61-0.80 over all of them
     images, _, masks = toy_batch
-    attack = PGD(eps=EPS, steps=10, target_mode="least_likely")
+    attack = PGD(eps=16 / 255, steps=10, target_mode="least_likely")
     goal = attack.targets.resolve(toy_segmenter, images, masks, SampleRandom(0, len(images)))
     assert goal.shape == masks.shape
     adv = attack(toy_segmenter, images, masks).adv_images
-    assert accuracy(toy_segmenter, adv, goal) > accuracy(toy_segmenter, images, goal) + 0.02
+    assert accuracy(toy_segmenter, adv, goal) > accuracy(toy_segmenter, images, goal) + 0.3
     with torch.no_grad():
         before = toy_segmenter.loss(toy_segmenter.forward(images), goal)
         after = toy_segmenter.loss(toy_segmenter.forward(adv), goal)

@@ -9,6 +9,7 @@ from torch import Tensor
 from attacks.gradient import BIM
 from attacks.smia import SMIA
 from tests.attacks.invariants import accuracy, assert_invariants
+from tests.attacks.toys import blob_images
 
 EPS = 8 / 255
 
@@ -77,14 +78,20 @@ def test_lowers_accuracy_and_jaccard_more_than_random_noise(toy_classifier, toy_
     assert jaccard(toy_segmenter, noisy, masks) > clean - 0.1
 
 
-def test_stabilisation_makes_segmentation_updates_more_consistent(toy_segmenter, toy_batch) -> None:
+def test_stabilisation_makes_segmentation_updates_more_consistent(toy_segmenter) -> None:
     """Qi et al. Table 1: DEV + STA updates are more consistent (Cos) than DEV alone. On the toy
-    segmenter the batch-mean cosine rises slightly (by 0.004-0.009 over 3 batches and 4 budgets);
-    the final perturbation variance, the paper's Var, does not fall (sign steps fill the box)."""
-    images, _, masks = toy_batch
+    segmenter the mean cosine rises slightly (by 0.004-0.009 over 3 batches and 4 budgets); the final
+    perturbation variance, the paper's Var, does not fall (sign steps fill the box).
+
+    The rise is about the size of the spread between images, so it is checked on 128 held-out images
+    as a paired mean difference of more than two standard errors (6-10 over thread counts and
+    rounding-level changes of the segmenter's initial weights, 2.5-17 with other initialisations; on
+    the 32 images of ``toy_batch`` it was 0.3-8.6)."""
+    images, _, masks = blob_images(128, torch.Generator().manual_seed(124))
     dev = SMIA(eps=EPS, stabilisation_weight=0.0)(toy_segmenter, images, masks).trace
     sta = SMIA(eps=EPS, stabilisation_weight=1.0)(toy_segmenter, images, masks).trace
-    assert sta.update_cosine.mean() > dev.update_cosine.mean()
+    rise = sta.update_cosine.mean(dim=1) - dev.update_cosine.mean(dim=1)
+    assert rise.mean() > 2 * rise.std() / len(rise) ** 0.5
 
 
 @pytest.mark.parametrize(
