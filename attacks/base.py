@@ -44,7 +44,8 @@ class Objective(Protocol):
 class AttackTrace:
     """Per-sample statistics of an attack's iterations (SMIA's Var and Cos), never image histories.
 
-    ``update_cosine[b, t]`` is the cosine between the perturbation updates of iterations t and t + 1;
+    ``update_cosine[b, t]`` is the cosine between the perturbation updates of iterations t and t + 1 (NaN
+    where the sample was not updated at both, so a sample's cosines do not depend on its batch);
     ``variance`` is the variance of the final perturbation. Black-box attacks count ``queries``.
     ``losses[b, t]`` is the loss the attack drives up at iteration t: the task loss, negated for targeted
     attacks, or the attack's own loss where it is consistent across iterations (NaN where the sample was
@@ -93,6 +94,7 @@ class TraceRecorder:
         self._previous: Tensor | None = None
         self._previous_update: Tensor | None = None
         self._previous_norm: Tensor | None = None
+        self._previous_active: Tensor | None = None
         self._cosines: list[Tensor] = []
         self._variances: list[Tensor] = []
         self._losses: list[Tensor] = []
@@ -110,8 +112,11 @@ class TraceRecorder:
         self._variances.append(flat_variance(update))
         if self._previous_update is not None:
             dot = torch.linalg.vecdot(update, self._previous_update)
-            self._cosines.append(dot / (norm.clamp_min(COSINE_EPS) * self._previous_norm.clamp_min(COSINE_EPS)))
+            cosine = dot / (norm.clamp_min(COSINE_EPS) * self._previous_norm.clamp_min(COSINE_EPS))
+            both = active if self._previous_active is None or active is None else active & self._previous_active
+            self._cosines.append(cosine if both is None else cosine.masked_fill(~both, float("nan")))
         self._previous, self._previous_update, self._previous_norm = perturbation, update, norm
+        self._previous_active = None if active is None else active.clone()
         self._iterations += 1 if active is None else active.long()
 
     def record_loss(self, loss: Tensor, rows: Tensor | None = None) -> None:

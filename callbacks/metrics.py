@@ -123,6 +123,7 @@ class PerturbationStatistics(Metric):
         self.l2 += flat.norm(dim=1).sum()
         self.variance += trace.variance.double().sum()
         cosines = trace.update_cosine.double()
+        cosines = cosines[~cosines.isnan()]  # steps where the sample was not updated have no cosine
         self.cosines += cosines.numel()
         self.positive_cosines += (cosines > 0).sum()
         self.cosine_sum += cosines.sum()

@@ -36,7 +36,8 @@ def test_trace_recorder_matches_the_plain_formulas():
     variance, update_variance, update_cosine = plain_trace(perturbations)
     torch.testing.assert_close(trace.variance, variance, rtol=1e-5, atol=1e-10)
     torch.testing.assert_close(trace.update_variance, update_variance, rtol=1e-5, atol=1e-10)
-    torch.testing.assert_close(trace.update_cosine, update_cosine, rtol=1e-5, atol=1e-6)
+    inactive = update_cosine.masked_fill(~active[:, None], float("nan"))  # samples not updated have no cosine
+    torch.testing.assert_close(trace.update_cosine, inactive, rtol=1e-5, atol=1e-6, equal_nan=True)
     assert torch.equal(trace.iterations, active.long() * len(perturbations))
 
 
@@ -72,3 +73,20 @@ def test_sample_seed_is_a_stable_63_bit_hash():
 def test_sample_random_rejects_ids_of_the_wrong_length():
     with pytest.raises(ValueError, match="ids"):
         SampleRandom(0, 3, ids=["a", "b"])
+
+
+def test_cosines_exist_only_between_two_updates_of_the_same_sample():
+    """A sample not updated at a step gets no cosine there (NaN), so its Cos does not depend on how long the
+    other samples of its batch kept running."""
+    steps = [torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(t)) for t in range(4)]
+    alone = TraceRecorder(steps[0][:1])
+    together = TraceRecorder(steps[0])
+    for t, perturbation in enumerate(steps):
+        if t < 2:
+            alone.step(perturbation[:1])
+        together.step(perturbation, torch.tensor([t < 2, True, t < 3]))
+    cosines = together.finish(steps[-1]).update_cosine
+    assert cosines.shape == (3, 3)
+    torch.testing.assert_close(cosines[0, :1], alone.finish(steps[1][:1]).update_cosine[0])
+    assert cosines[0, 1:].isnan().all() and not cosines[1].isnan().any() and cosines[2].isnan().tolist() == [
+        False, False, True]
