@@ -104,7 +104,9 @@ def test_segmenter_jaccard_falls(fitted_segmenter):
 @pytest.mark.slow
 def test_detector_map_falls(fitted_detector):
     module, datamodule = fitted_detector
-    callback = AdversarialEvaluation({"pgd": (lambda eps: PGD(eps=eps, steps=3), [16 / 255])})
+    # 10 steps: the detector's fit moves with the CPU's rounding (clean mAP@50 0.22-0.34 on these 8 images
+    # over thread counts and seeds); 3 steps lowered it by -0.02 (a rise) to 0.27, 10 steps by 0.13-0.26
+    callback = AdversarialEvaluation({"pgd": (lambda eps: PGD(eps=eps, steps=10), [16 / 255])})
     results = evaluate(module, datamodule, callback, limit_test_batches=2)
     assert results["clean/map_50"] > 0
     assert results["adv/pgd/16_255/map_50"] < results["clean/map_50"]
