@@ -150,14 +150,13 @@ class RowTrace:
         self.images, self.frame = images, images
         self.recorder = TraceRecorder(images)
 
-    def step(
-        self, iterate: Tensor, rows: Tensor | None, loss: Tensor | None = None, active: Tensor | None = None
-    ) -> None:
-        """Record one iteration of the samples ``rows`` (all when None); ``active`` defaults to ``rows``."""
+    def step(self, iterate: Tensor, rows: Tensor | None, loss: Tensor | None = None) -> None:
+        """Record one iteration of the samples ``rows`` (all when None), the only ones updated."""
         self.frame = iterate if rows is None else self.frame.index_copy(0, rows, iterate)
         if loss is not None:
             self.recorder.record_loss(loss, rows)
-        if active is None and rows is not None:
+        active = None
+        if rows is not None:
             active = torch.zeros(len(self.images), dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
         self.recorder.step(self.frame - self.images, active)
 

@@ -63,23 +63,37 @@ class DeepFool(Attack):
     @staticmethod
     def boundary_step(objective: Objective, adv: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         """The step to the nearest linearised boundary among ``classes`` (column 0 is the original class),
-        and whether each sample is already fooled (its arg-max is no longer the original class).
-
-        One backward pass per other class, through f_k - f_orig directly: w_k = grad(f_k - f_orig)."""
+        and whether each sample is already fooled (its arg-max is no longer the original class)."""
         x = adv.detach().requires_grad_(True)
         logits = objective.logits(objective.forward(x))
         fooled = logits.argmax(dim=1) != classes[:, 0]
         if fooled.all():
             return torch.zeros_like(x), fooled
-        scores = logits.gather(1, classes)
-        gaps = scores[:, 1:] - scores[:, :1]
-        best_distance = torch.full_like(scores[:, 0], float("inf"))
-        best_direction = torch.zeros_like(x)
-        for k in range(gaps.shape[1]):
-            (direction,) = torch.autograd.grad(gaps[:, k].sum(), x, retain_graph=k < gaps.shape[1] - 1)
-            distance = gaps[:, k].detach().abs() / direction.flatten(1).norm(dim=1).clamp_min(TINY)
-            closer = distance < best_distance
-            best_distance = torch.where(closer, distance, best_distance)
-            best_direction = torch.where(per_sample(closer, direction), direction, best_direction)
-        unit = best_direction / per_sample(best_direction.flatten(1).norm(dim=1).clamp_min(TINY), x)
-        return per_sample(best_distance + BOUNDARY_NUDGE, unit) * unit, fooled
+        direction, _, distance = nearest_linear_boundary(logits, x, classes[:, 0], classes[:, 1:], dual=2.0)
+        unit = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(TINY), x)
+        return per_sample(distance + BOUNDARY_NUDGE, unit) * unit, fooled
+
+
+def nearest_linear_boundary(
+    logits: Tensor, x: Tensor, labels: Tensor, others: Tensor, dual: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The closest linearised decision boundary of ``labels`` among the classes ``others`` (B, M): the
+    normal w = grad(f_s - f_label), the gap f_s - f_label and the distance |f_s - f_label| / ||w||_dual of
+    the class s minimising that distance (DeepFool, Moosavi-Dezfooli et al. 2016, Eq. 12; FAB's pi_s).
+
+    ``logits`` (B, K) must hold the graph to ``x``; one backward pass per column of ``others``.
+    """
+    true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    best_distance = torch.full_like(true, float("inf"))
+    best_normal, best_gap = torch.zeros_like(x), torch.zeros_like(true)
+    columns = others.shape[1]
+    for k in range(columns):
+        gap = logits.gather(1, others[:, k : k + 1]).squeeze(1) - true
+        (normal,) = torch.autograd.grad(gap.sum(), x, retain_graph=k < columns - 1)
+        gap = gap.detach()
+        distance = gap.abs() / normal.flatten(1).norm(p=dual, dim=1).clamp_min(TINY)
+        closer = distance < best_distance
+        best_distance = torch.where(closer, distance, best_distance)
+        best_gap = torch.where(closer, gap, best_gap)
+        best_normal = torch.where(per_sample(closer, normal), normal, best_normal)
+    return best_normal, best_gap, best_distance

@@ -21,6 +21,7 @@ from attacks.base import (
     check_steps,
 )
 from attacks.blackbox import require_class_logits
+from attacks.deepfool import nearest_linear_boundary
 from attacks.fmn import BALLS
 from attacks.norms import TINY, per_sample
 
@@ -211,26 +212,13 @@ class FAB(Attack):
         |f_l - f_c| / ||grad(f_l - f_c)||_q over l != c (q the dual exponent), or s = the goal when given."""
         x = x.detach().requires_grad_(True)
         logits = objective.logits(objective.forward(x))
-        true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-        if goals is not None:
-            gap = logits.gather(1, goals.unsqueeze(1)).squeeze(1) - true
-            (normal,) = torch.autograd.grad(gap.sum(), x)
-            return normal, gap.detach()
-        dual = BALLS[self.norm][1]
-        best_distance = torch.full_like(true, math.inf)
-        best_normal, best_gap = torch.zeros_like(x), torch.zeros_like(true)
-        others = logits.shape[1] - 1
-        for k in range(others):
-            other = k + (k >= labels).long()  # the k-th class other than the label
-            gap = logits.gather(1, other.unsqueeze(1)).squeeze(1) - true
-            (normal,) = torch.autograd.grad(gap.sum(), x, retain_graph=k < others - 1)
-            gap = gap.detach()
-            distance = gap.abs() / (normal.flatten(1).norm(p=dual, dim=1) + TINY)
-            closer = distance < best_distance
-            best_distance = torch.where(closer, distance, best_distance)
-            best_gap = torch.where(closer, gap, best_gap)
-            best_normal = torch.where(per_sample(closer, normal), normal, best_normal)
-        return best_normal, best_gap
+        if goals is None:
+            others = torch.arange(logits.shape[1] - 1, device=x.device).expand(len(x), -1)
+            others = others + (others >= labels.unsqueeze(1)).long()  # every class but the label, in order
+        else:
+            others = goals.unsqueeze(1)
+        normal, gap, _ = nearest_linear_boundary(logits, x, labels, others, dual=BALLS[self.norm][1])
+        return normal, gap
 
 
 class FABTargeted(FAB):
@@ -249,5 +237,3 @@ class FABTargeted(FAB):
         ranked = clean_logits.argsort(dim=1, descending=True)
         for rank in range(1, min(self.n_target_classes, clean_logits.shape[1] - 1) + 1):
             yield ranked[:, rank]
-
-

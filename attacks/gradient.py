@@ -108,6 +108,11 @@ class GradientAttack(Attack):
         (gradient,) = torch.autograd.grad(loss.sum(), adv)
         return gradient, loss.detach(), outputs
 
+    def tracked_loss(self, objective: Objective, outputs: Any, step_loss: Tensor, goal: Any) -> Tensor:
+        """The per-sample loss the trace records (``AttackTrace.losses``): ``step_loss`` itself, which every
+        step computes the same way; an attack whose ``step_loss`` changes form across steps overrides this."""
+        return step_loss
+
     def initial_point(self, images: Tensor, random: SampleRandom) -> Tensor:
         """The clean images, or with ``random_start`` a uniform draw from the eps-ball around them."""
         if not self.random_start:
@@ -160,9 +165,8 @@ class GradientAttack(Attack):
             if rows is not None and len(rows) == 0:
                 break
             clean, current = take(images, rows), take(adv, rows)
-            gradient, _, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
-            with torch.no_grad():  # the task loss towards the goal: comparable across steps whatever step_loss adds
-                recorder.record_loss(self.targets.sign * objective.loss(outputs, take(goal, rows)), rows)
+            gradient, loss, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
+            recorder.record_loss(self.tracked_loss(objective, outputs, loss, take(goal, rows)), rows)
             if rows is not None:
                 keep = self.not_fooled(objective, outputs, goal[rows])
                 active[rows[~keep]] = False

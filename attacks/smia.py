@@ -45,3 +45,9 @@ class SMIA(GradientAttack):
         with torch.no_grad():
             reference = objective.forward((images + self.stabiliser(adv - images)).clamp(0.0, 1.0))
         return deviation - self.stabilisation_weight * objective.divergence(outputs, reference)
+
+    def tracked_loss(self, objective: Objective, outputs: Any, step_loss: Tensor, goal: Any) -> Tensor:
+        """The deviation loss alone: the stabilisation term joins only from step 1, so the full step loss of
+        step 0 is not comparable with the later ones."""
+        with torch.no_grad():
+            return objective.loss(outputs, goal)

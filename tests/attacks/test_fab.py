@@ -16,19 +16,8 @@ from attacks.fab import FAB, HYPERPLANE_STEPS, FABTargeted
 from attacks.fmn import FMN
 from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.invariants import assert_independent_with_ids, assert_invariants
+from tests.attacks.minimal_norm import DUAL, P, predictions, sizes
 from tests.attacks.toys import blob_images
-
-P = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
-DUAL = {"l1": math.inf, "l2": 2.0, "linf": 1.0}
-
-
-def sizes(adv, images, norm):
-    return (adv - images).flatten(1).norm(p=P[norm], dim=1)
-
-
-def predictions(objective, images):
-    with torch.no_grad():
-        return objective.predict(objective.forward(images))
 
 
 @pytest.mark.parametrize("norm", sorted(P))
