@@ -10,17 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attacks.adaptive import EOT, EOT_DRAWS
 from attacks.apgd import APGD, APGDDLR, APGDT
-from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_budget, check_steps
 from attacks.blackbox import class_logits
 from attacks.fab import FAB, FABTargeted
 from attacks.norms import norm_by_name
 from attacks.square import SquareAttack
-from attacks.transfer import EnsembleObjective
 
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8  # AutoAttack's Square: larger first squares than the Square paper's 0.05
-EOT_DRAWS = 20
 RESTARTS_PLUS = 5
 # version -> stages (attack class, its settings, draws of Expectation over Transformation; 1 = none)
 VERSIONS: dict[str, tuple[tuple[type[Attack], dict[str, Any], int], ...]] = {
@@ -63,7 +62,7 @@ class AutoAttack(Attack):
         self, eps: float = 8 / 255, norm: str = "linf", version: str = "standard", steps: int = 100, seed: int = 0
     ) -> None:
         super().__init__(seed)
-        check_positive("eps", eps)
+        check_budget("eps", eps, norm)
         norm_by_name(norm)
         check_steps("steps", steps)
         if version not in VERSIONS:
@@ -93,7 +92,7 @@ class AutoAttack(Attack):
             rows = correct.nonzero().squeeze(1)
             if len(rows) == 0:
                 break
-            attacked = objective if draws == 1 else EnsembleObjective([objective] * draws)
+            attacked = objective if draws == 1 else EOT(objective, draws)
             ids = None if random.ids is None else [random.ids[i] for i in rows.tolist()]
             crafted = attack(attacked, images[rows], target[rows], ids=ids).adv_images
             fooled = class_logits(objective, crafted).argmax(dim=1) != target[rows]

@@ -6,12 +6,15 @@ import contextlib
 import hashlib
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from attacks.validation import check_images
 
 COSINE_EPS = 1e-12  # floor on the update norms in the trace's cosines (torch's cosine_similarity eps)
 
@@ -38,6 +41,11 @@ class Objective(Protocol):
     def dense_target(self, outputs: Any, target: Any) -> Tensor: ...
 
     def divergence(self, outputs: Any, reference: Any) -> Tensor: ...
+
+    def check_target(self, images: Tensor, target: Any) -> None:
+        """Raise one ValueError naming ``target``, the sample and the offending value unless ``target`` suits
+        ``images`` and the model (labels in its classes, masks of the image size, boxes inside the image); None
+        passes. Cheap (no forward pass). Optional: ``Attack.__call__`` calls it where an objective has it."""
 
 
 @dataclass
@@ -247,24 +255,60 @@ def input_gradient(objective: Objective, images: Tensor, target: Any, sign: floa
     return grad.detach(), loss.detach()
 
 
+MAX_INTEGER = 2**63 - 1  # counts, sizes and seeds end up in int64 tensors and generators
+
+
+def check_number(name: str, value: Any) -> None:
+    """Raise ValueError naming the argument unless ``value`` is a real number (not a bool, string or None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+
+
+def is_finite(value: float) -> bool:
+    """``math.isfinite``, False for integers too large for a float as well."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def check_positive(name: str, value: float, allow_zero: bool = True) -> None:
     """Raise ValueError naming the argument unless ``value`` is a finite number >= 0 (> 0 without zero)."""
-    if not math.isfinite(value) or value < 0 or (not allow_zero and value == 0):
+    check_number(name, value)
+    if not is_finite(value) or value < 0 or (not allow_zero and value == 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
+def check_budget(name: str, value: float, norm: str, allow_zero: bool = True) -> None:
+    """``check_positive``, and at most 1 for an Linf budget: on [0, 1] values eps = 1 already reaches every
+    image, so more is a unit mistake (e.g. 8 for 8/255). L2 and L1 budgets may exceed 1 (their largest useful
+    value, sqrt(C H W) or C H W, depends on the image size)."""
+    check_positive(name, value, allow_zero)
+    if norm == "linf" and value > 1:
+        raise ValueError(f"{name} must be at most 1 for an Linf budget on [0, 1] values (e.g. 8/255), got {value!r}")
+
+
 def check_fraction(name: str, value: float, allow_zero: bool = False) -> None:
     """Raise ValueError naming the argument unless ``value`` lies in (0, 1] ([0, 1] with ``allow_zero``)."""
+    check_number(name, value)
     if not (0 <= value <= 1) or (not allow_zero and value == 0):
         interval = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
 def check_steps(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError naming the argument unless ``value`` is an integer >= ``minimum``."""
-    if not math.isfinite(value) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    """Raise ValueError naming the argument unless ``value`` is an integer in [``minimum``, 2**63 - 1]."""
+    check_number(name, value)
+    if not is_finite(value) or int(value) != value or not minimum <= value <= MAX_INTEGER:
+        raise ValueError(f"{name} must be an integer >= {minimum} (and < 2**63), got {value!r}")
+
+
+def check_target(objective: Objective, images: Tensor, target: Any) -> None:
+    """``objective.check_target(images, target)`` where the objective has one (objectives need not)."""
+    check = getattr(objective, "check_target", None)
+    if check is not None:
+        check(images, target)
 
 
 def fooled_fraction(hit: Tensor) -> Tensor:
@@ -341,7 +385,8 @@ class Attack:
     """Base class: configured once, called on a batch; subclasses implement ``run``.
 
     ``__call__`` applies the model-unchanged rule, seeds the call's random draws (per sample when the
-    samples' ``ids`` are given, see ``SampleRandom``), checks the input and clamps the output to [0, 1].
+    samples' ``ids`` are given, see ``SampleRandom``), checks the input (``check_images``, the objective's
+    ``check_target``; docs/attacks.md, "Input rules") and clamps the output to [0, 1].
     ``settings`` records every constructor argument with its effective value, for every subclass. A
     variant that only changes its parent's configuration writes no constructor: it declares ``defaults``
     (new default values) and ``fixed`` (arguments it sets and does not accept); one that adds arguments
@@ -378,8 +423,8 @@ class Attack:
     def __call__(
         self, objective: Objective, images: Tensor, target: Any, ids: Sequence[str] | None = None
     ) -> AttackResult:
-        if images.dim() != 4:
-            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        check_images(images, objective.model)
+        check_target(objective, images, target)
         random = SampleRandom(self.seed, len(images), images.device, ids)
         clean = images.detach().clone()
         with frozen_model(objective.model):

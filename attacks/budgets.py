@@ -11,19 +11,22 @@ MINIMAL = "min"
 
 def parse_budget(value: Any, where: str) -> float | None:
     """A budget from a config: a number, a fraction string such as ``8/255``, or null / ``min`` for
-    minimal-norm attacks; ValueError naming ``where`` for anything else (NaN, infinities, negatives)."""
-    if value is None or value == MINIMAL:
+    minimal-norm attacks; ValueError naming ``where`` for anything else (NaN, infinities in either part of a
+    fraction, negatives, and ``8_255``, the label form, which Python's float() would read as 8255)."""
+    if value is None or (isinstance(value, str) and value == MINIMAL):
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: budget {value!r} is neither a number nor a fraction like 8/255")
     try:
-        numerator, _, denominator = str(value).replace(" ", "").partition("/")
-        budget = float(numerator) / float(denominator or 1)
+        text = str(value).replace(" ", "")
+        if isinstance(value, bool) or "_" in text:
+            raise ValueError(text)
+        numerator, _, denominator = text.partition("/")
+        parts = (float(numerator), float(denominator or 1))
+        budget = parts[0] / parts[1]
     except (ValueError, ZeroDivisionError) as error:
         raise ValueError(f"{where}: budget {value!r} is neither a number nor a fraction like 8/255") from error
-    if not math.isfinite(budget) or budget < 0:
+    if not all(math.isfinite(number) for number in (*parts, budget)) or budget < 0:
         raise ValueError(f"{where}: budget must be a finite number >= 0, got {value!r}")
-    return budget
+    return budget + 0.0  # -0.0 as 0.0
 
 
 def budget_label(budget: float | None) -> str:
@@ -34,7 +37,7 @@ def budget_label(budget: float | None) -> str:
     if abs(budget - round(budget, 4)) < 1e-12:
         return f"{budget:g}"
     tenths = budget * 2550
-    if abs(tenths - round(tenths)) < 1e-6:
+    if round(tenths) > 0 and abs(tenths - round(tenths)) < 1e-6:  # not "0_255" for a tiny budget > 0
         return f"{round(tenths) / 10:g}_255"
     return f"{budget:g}"
 

@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
+from attacks.base import (
+    Attack,
+    AttackResult,
+    Objective,
+    SampleRandom,
+    TraceRecorder,
+    check_budget,
+    check_positive,
+    check_steps,
+)
 from attacks.norms import norm_by_name
 
 LABEL_MAPPINGS = ("permutation", "next")
@@ -64,7 +73,7 @@ class DenseAdversaryGeneration(Attack):
         if label_mapping not in LABEL_MAPPINGS:
             raise ValueError(f"label_mapping must be one of {LABEL_MAPPINGS}, got {label_mapping!r}")
         if eps is not None:
-            check_positive("eps", eps)
+            check_budget("eps", eps, norm)
         self.gamma = float(gamma)
         self.max_iter = int(max_iter)
         self.label_mapping = label_mapping

@@ -19,6 +19,7 @@ from attacks.base import (
     Objective,
     SampleRandom,
     TraceRecorder,
+    check_budget,
     check_positive,
     check_steps,
 )
@@ -45,7 +46,7 @@ class MultiplicativeExposure(Attack):
         self, eps: float = 0.1, alpha: float | None = None, steps: int = 10, norm: str = "linf", seed: int = 0
     ) -> None:
         super().__init__(seed)
-        check_positive("eps", eps)
+        check_budget("eps", eps, norm)
         check_steps("steps", steps)
         alpha = eps / steps if alpha is None else alpha
         check_positive("alpha", alpha)
@@ -136,8 +137,7 @@ class BracketedExposureFusion(Attack):
         super().__init__(seed)
         check_steps("levels", levels)
         check_steps("steps", steps)
-        if int(brackets) != brackets or brackets < 2:
-            raise ValueError(f"brackets must be an integer >= 2, got {brackets!r}")
+        check_steps("brackets", brackets, minimum=2)
         check_positive("exposure_range", exposure_range, allow_zero=False)
         check_positive("alpha", alpha)
         self.levels = int(levels)
@@ -200,7 +200,8 @@ class ConvolutionalBracketedExposureFusion(BracketedExposureFusion):
 
     def __init__(self, kernel_size: int = 3, **options: Any) -> None:
         super().__init__(**options)
-        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
+        check_steps("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
         self.kernel_size = int(kernel_size)
 

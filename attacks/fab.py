@@ -16,6 +16,7 @@ from attacks.base import (
     Objective,
     RowTrace,
     SampleRandom,
+    check_budget,
     check_fraction,
     check_positive,
     check_steps,
@@ -106,13 +107,14 @@ class FAB(Attack):
     ) -> None:
         super().__init__(seed=seed)
         if eps is not None:
-            check_positive("eps", eps, allow_zero=False)
-        if norm not in HYPERPLANE_STEPS:
+            check_budget("eps", eps, norm, allow_zero=False)
+        if not isinstance(norm, str) or norm not in HYPERPLANE_STEPS:
             raise ValueError(f"norm must be one of {sorted(HYPERPLANE_STEPS)}, got {norm!r}")
         check_steps("steps", steps)
         check_steps("n_restarts", n_restarts)
         check_fraction("alpha_max", alpha_max, allow_zero=True)
-        if not (math.isfinite(eta) and eta >= 1):
+        check_positive("eta", eta)
+        if eta < 1:
             raise ValueError(f"eta (the overshoot) must be a finite number >= 1, got {eta!r}")
         check_fraction("beta", beta)
         self.eps = None if eps is None else float(eps)

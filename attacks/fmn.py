@@ -15,6 +15,7 @@ from attacks.base import (
     Objective,
     SampleRandom,
     TraceRecorder,
+    check_number,
     check_positive,
     check_steps,
 )
@@ -98,13 +99,14 @@ class FMN(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(seed=seed)
-        if norm not in BALLS:
+        if not isinstance(norm, str) or norm not in BALLS:
             raise ValueError(f"norm must be one of {sorted(BALLS)}, got {norm!r}")
         check_steps("steps", steps)
         check_positive("alpha_init", alpha_init, allow_zero=False)
         alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
         check_positive("alpha_final", alpha_final)
         for name, gamma in (("gamma_init", gamma_init), ("gamma_final", gamma_final)):
+            check_number(name, gamma)
             if not 0 <= gamma < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {gamma!r}")
         self.norm = norm

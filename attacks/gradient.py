@@ -15,7 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_positive, check_steps
+from attacks.base import (
+    Attack,
+    AttackResult,
+    Objective,
+    SampleRandom,
+    TraceRecorder,
+    check_budget,
+    check_positive,
+    check_steps,
+)
 from attacks.blackbox import require_class_logits, succeeded
 from attacks.kernels import GaussianBlur
 from attacks.norms import TINY, norm_by_name, per_sample
@@ -68,9 +77,11 @@ class GradientAttack(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(seed=seed)
-        check_positive("eps", eps)
+        check_budget("eps", eps, norm)
         check_steps("steps", steps)
         check_positive("decay", decay)
+        if sigma is not None:
+            check_positive("sigma", sigma)  # checked also without kernel_size, where it smooths nothing
         alpha = self.default_alpha(eps, steps) if alpha is None else alpha
         check_positive("alpha", alpha)
         self.eps = float(eps)

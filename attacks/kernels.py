@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import check_positive
+from attacks.base import check_positive, check_steps
 
 
 def gaussian_kernel(size: int, sigma: float) -> Tensor:
@@ -24,7 +24,8 @@ class GaussianBlur:
     """
 
     def __init__(self, size: int, sigma: float | None = None) -> None:
-        if int(size) != size or size < 1 or size % 2 == 0:
+        check_steps("kernel_size", size)
+        if size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {size!r}")
         sigma = (size - 1) / 6 if sigma is None else sigma
         check_positive("sigma", sigma, allow_zero=size == 1)

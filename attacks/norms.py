@@ -90,6 +90,6 @@ NORMS: dict[str, type[Norm]] = {"linf": Linf, "l2": L2}
 
 def norm_by_name(name: str) -> Norm:
     """The threat model called ``name`` ("linf" or "l2"); ValueError naming ``norm`` otherwise."""
-    if name not in NORMS:
+    if not isinstance(name, str) or name not in NORMS:
         raise ValueError(f"norm must be one of {sorted(NORMS)}, got {name!r}")
     return NORMS[name]()

@@ -7,19 +7,26 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from attacks.alma_prox import ALMAProx
 from attacks.apgd import APGD, APGDDLR, APGDT
+from attacks.asma import ASMA
 from attacks.autoattack import AutoAttack
 from attacks.base import Attack
+from attacks.cospgd import CosPGD
 from attacks.cw import CWL2, CWLinf
 from attacks.deepfool import DeepFool
 from attacks.dense import DenseAdversaryGeneration
+from attacks.divergence import KLDivergencePGD
 from attacks.exposure import BracketedExposureFusion, ConvolutionalBracketedExposureFusion, MultiplicativeExposure
 from attacks.fab import FAB, FABTargeted
 from attacks.fmn import FMN
 from attacks.gradient import BIM, FGSM, MIFGSM, PGD, TIBIM, TIFGSM, TIMIFGSM
 from attacks.one_pixel import OnePixelAttack
+from attacks.sea import SEA
+from attacks.segpgd import SegPGD
 from attacks.smia import SMIA
 from attacks.square import SquareAttack
+from attacks.tog import TOGFabrication, TOGMislabeling, TOGUntargeted, TOGVanishing
 from attacks.universal import UniversalPerturbation
 
 
@@ -37,6 +44,7 @@ ATTACKS: dict[str, AttackEntry] = {
         AttackEntry(FGSM, "eps"),
         AttackEntry(BIM, "eps"),
         AttackEntry(PGD, "eps"),
+        AttackEntry(KLDivergencePGD, "eps"),
         AttackEntry(MIFGSM, "eps"),
         AttackEntry(TIFGSM, "eps"),
         AttackEntry(TIBIM, "eps"),
@@ -53,12 +61,21 @@ ATTACKS: dict[str, AttackEntry] = {
         AttackEntry(FABTargeted, "eps"),
         AttackEntry(SMIA, "eps"),
         AttackEntry(DenseAdversaryGeneration, "eps"),
+        AttackEntry(ASMA, None),
+        AttackEntry(ALMAProx, None),
+        AttackEntry(SegPGD, "eps"),
+        AttackEntry(CosPGD, "eps"),
+        AttackEntry(SEA, "eps"),
         AttackEntry(MultiplicativeExposure, "eps"),
         AttackEntry(BracketedExposureFusion, "alpha"),
         AttackEntry(ConvolutionalBracketedExposureFusion, "alpha"),
         AttackEntry(UniversalPerturbation, "eps"),
         AttackEntry(SquareAttack, "eps"),
         AttackEntry(OnePixelAttack, "pixels"),
+        AttackEntry(TOGVanishing, "eps"),
+        AttackEntry(TOGFabrication, "eps"),
+        AttackEntry(TOGMislabeling, "eps"),
+        AttackEntry(TOGUntargeted, "eps"),
     )
 }
 

@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Attack, AttackResult, Objective, SampleRandom, TraceRecorder, check_fraction, check_positive
+from attacks.base import (
+    Attack,
+    AttackResult,
+    Objective,
+    SampleRandom,
+    TraceRecorder,
+    check_budget,
+    check_fraction,
+    check_steps,
+)
 from attacks.blackbox import class_logits, goal_queries, succeeded
 from attacks.cw import class_margin
 from attacks.targets import TargetMode
@@ -71,9 +80,8 @@ class SquareAttack(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        check_positive("eps", eps)
-        if int(max_queries) != max_queries or max_queries < 2:
-            raise ValueError(f"max_queries must be an integer >= 2 (clean check, start), got {max_queries!r}")
+        check_budget("eps", eps, "linf")
+        check_steps("max_queries", max_queries, minimum=2)  # the clean check and the start
         check_fraction("p_init", p_init)
         self.eps = eps
         self.max_queries = int(max_queries)

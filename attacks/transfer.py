@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult, Objective, SampleRandom
+from attacks.base import Attack, AttackResult, Objective, SampleRandom, check_target
 
 
 class EnsembleObjective:
@@ -57,6 +57,11 @@ class EnsembleObjective:
     def divergence(self, outputs: list[Any], reference: list[Any]) -> Tensor:
         members = zip(self.objectives, outputs, reference, strict=True)
         return self._mean([o.divergence(out, ref) for o, out, ref in members])
+
+    def check_target(self, images: Tensor, target: Any) -> None:
+        """Each member's check of ``target``."""
+        for objective in self.objectives:
+            check_target(objective, images, target)
 
 
 class TransferAttack(Attack):

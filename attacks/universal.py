@@ -19,6 +19,7 @@ from attacks.base import (
     Objective,
     SampleRandom,
     TraceRecorder,
+    check_budget,
     check_fraction,
     check_positive,
     check_steps,
@@ -104,7 +105,7 @@ class UniversalPerturbation(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        check_positive("eps", eps)
+        check_budget("eps", eps, norm, allow_zero=step is not None)  # the default step eps / 10 must be > 0
         if max_fit_images is not None:
             check_steps("max_fit_images", max_fit_images)
         self.threat = norm_by_name(norm)
@@ -112,8 +113,8 @@ class UniversalPerturbation(Attack):
         check_positive("step", step, allow_zero=False)
         check_steps("max_epochs", max_epochs)
         check_fraction("target_fooling_rate", target_fooling_rate)
-        if target_class is not None and (int(target_class) != target_class or target_class < 0):
-            raise ValueError(f"target_class must be a class index >= 0 or None, got {target_class!r}")
+        if target_class is not None:
+            check_steps("target_class", target_class, minimum=0)
         self.eps = eps
         self.norm = norm
         self.step = step

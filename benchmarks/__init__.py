@@ -15,6 +15,8 @@ _EXPORTS = {
     "Cell": "benchmarks.grid",
     "load_benchmark": "benchmarks.grid",
     "resolve_config": "benchmarks.grid",
+    "ConfigError": "benchmarks.problems",
+    "validate_benchmark": "benchmarks.validation",
     "BenchmarkRunner": "benchmarks.runner",
     "RunOptions": "benchmarks.runner",
     "RunSummary": "benchmarks.runner",

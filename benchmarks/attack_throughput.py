@@ -5,25 +5,39 @@ Measures the floor (one forward + input-backward), then PGD-10, FGSM, MI-FGSM, C
 ART. Implementations of one attack are timed round-robin (warm-up first, then the median of repeats), so
 a load change on a shared machine hits all of them alike. A separate table gives the speed-up of
 ``early_stop`` on our gradient-loop attacks. Run: ``python -m benchmarks.attack_throughput``.
+
+``--speed`` times the speed options instead (docs/performance.md): ours in fp32, bf16, bf16 + channels_last
+and bf16 + channels_last + torch.compile against torchattacks (fp32) for PGD-10, APGD-CE and CW-L2 and
+against pyautoattack for AutoAttack (standard), on a timm classifier or (``--task segmentation``) an smp
+U-Net, with images/s, peak GPU memory and the ratios. ``--json PATH`` writes the results (after each
+attack, so a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
+import json
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult, input_gradient
+from attacks.apgd import APGD
+from attacks.autoattack import AutoAttack
+from attacks.base import Attack, AttackResult, Objective, input_gradient
 from attacks.cw import CWL2
 from attacks.deepfool import DeepFool
 from attacks.gradient import FGSM, MIFGSM, PGD
-from lightning_modules.objectives import ClassificationObjective
+from callbacks.speed import channels_last_images, evaluation_objective
+from lightning_modules.objectives import ClassificationObjective, SegmentationObjective
 
 PEERS = ("torchattacks", "art")
 PGD_TARGET = 1.05  # ours PGD-10 at most this many times 10 forward+backward passes
@@ -168,20 +182,30 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def time_round_robin(
-    runs: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device, clock: str
+    runs: dict[str, Callable[[], object]],
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    clock: str,
+    peaks: dict[str, int] | None = None,
 ) -> tuple[dict[str, float], dict[str, object]]:
     """Median seconds per implementation, timed in turn so shared-machine load hits all alike, and each
-    implementation's last output. ``clock`` "cpu" counts this process's CPU time (all its threads)."""
+    implementation's last output. ``clock`` "cpu" counts this process's CPU time (all its threads). On CUDA,
+    ``peaks`` (when given) receives each implementation's peak allocated bytes over its timed runs."""
     now = CLOCKS[clock]
     outputs = {name: run() for name, run in runs.items() for _ in range(warmup)}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             synchronise(device)
+            if peaks is not None and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             start = now()
             outputs[name] = run()
             synchronise(device)
             seconds[name].append(now() - start)
+            if peaks is not None and device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device))
     return {name: statistics.median(values) for name, values in seconds.items()}, outputs
 
 
@@ -241,6 +265,213 @@ def early_stop_speedups(
     return results
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of running our attacks: autocast precision, channels_last model and images, torch.compile."""
+
+    name: str
+    precision: str = "32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("fp32"),
+        Variant("bf16", "bf16-mixed"),
+        Variant("bf16+cl", "bf16-mixed", channels_last=True),
+        Variant("bf16+cl+compile", "bf16-mixed", channels_last=True, compile=True),
+    )
+}
+SPEED_ATTACKS = ("pgd10", "apgd_ce", "cw_l2", "autoattack")
+CLASSIFICATION_ONLY = ("autoattack",)
+TORCHATTACKS_NOTE = "torchattacks is not installed (pip install --no-deps torchattacks==3.5.1): no torchattacks column"
+
+
+def speed_attack(name: str) -> Attack:
+    """Our attack of the speed table: PGD-10 and CW-L2 as in the peer table, APGD-CE (100 steps) and the
+    standard AutoAttack at AutoAttack's settings, all at eps 8/255."""
+    if name in SETTINGS:
+        return our_attack(SETTINGS[name])
+    eps = SETTINGS["pgd10"].eps
+    return APGD(eps=eps) if name == "apgd_ce" else AutoAttack(eps=eps)
+
+
+def reference_run(name: str, model: nn.Module, classes: int, device: torch.device) -> tuple[str, Run] | None:
+    """The peer timed beside ours (fp32) for attack ``name``: torchattacks' PGD, APGD-CE or CW, or pyautoattack's
+    standard AutoAttack (its targeted stages limited to K - 1 targets, as ours); None when the library is not
+    installed."""
+    eps = SETTINGS["pgd10"].eps
+    if name == "autoattack":
+        if importlib.util.find_spec("pyautoattack") is None:
+            return None
+        import pyautoattack
+
+        adversary = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device)
+        for targeted in (adversary.apgd_targeted, adversary.fab):  # as ours: at most K - 1 target classes
+            targeted.n_target_classes = min(targeted.n_target_classes, classes - 1)
+
+        def run(images: Tensor, labels: Tensor) -> Tensor:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # it seeds torch's RNG
+                crafted = adversary.run_standard_evaluation(images, labels, batch_size=len(images))
+            return crafted[0] if isinstance(crafted, tuple) else crafted
+
+        return "pyautoattack", run
+    if importlib.util.find_spec("torchattacks") is None:
+        return None
+    if name == "apgd_ce":
+        import torchattacks
+
+        return "torchattacks", torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, loss="ce").__call__
+    return "torchattacks", torchattacks_runs(model)[name]
+
+
+def speed_model(args: argparse.Namespace) -> tuple[nn.Module, Callable[[nn.Module], Objective]]:
+    """The network of the speed table (random weights, no download) and its objective's class."""
+    if args.task == "classification":
+        import timm
+
+        return timm.create_model(args.arch, pretrained=False, num_classes=args.num_classes), ClassificationObjective
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet(args.encoder, encoder_weights=None, classes=args.num_classes), SegmentationObjective
+
+
+def variant_objective(variant: Variant, model: nn.Module, build: Callable[[nn.Module], Objective]) -> Objective:
+    """The objective a variant runs on: its own copy of the model (channels_last when asked), compiled and
+    under autocast as the evaluation callback builds it."""
+    model = copy.deepcopy(model)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return evaluation_objective(build(model), variant.precision, variant.compile)
+
+
+def error_rate(objective: Objective, output: AttackResult | Tensor, target: Tensor) -> float:
+    """Share of samples (pixels for segmentation) whose fp32 prediction on the adversarial images is wrong."""
+    adv = output.adv_images if isinstance(output, AttackResult) else output
+    with torch.no_grad():
+        return (objective.predict(objective.forward(adv.contiguous())) != target).float().mean().item()
+
+
+def speed_rows(
+    attack: str,
+    medians: dict[str, float],
+    outputs: dict[str, object],
+    peaks: dict[str, int],
+    objective: Objective,
+    target: Tensor,
+    batch: int,
+    peer: str | None,
+) -> list[dict[str, Any]]:
+    """One row per implementation: seconds, images/s, peak MiB (None off CUDA), error rate, and the speed-ups
+    over ours in fp32 and over the peer (seconds of that one / seconds of this one)."""
+    rows = []
+    for impl, seconds in medians.items():
+        peak = peaks.get(impl)
+        rows.append(
+            {
+                "attack": attack,
+                "impl": impl,
+                "seconds": seconds,
+                "images_per_s": batch / seconds,
+                "peak_mib": None if peak is None else peak / 2**20,
+                "error_rate": error_rate(objective, outputs[impl], target),
+                "speedup_vs_fp32": medians["ours fp32"] / seconds if "ours fp32" in medians else None,
+                "speedup_vs_peer": medians[peer] / seconds if peer else None,
+            }
+        )
+    return rows
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def speed_table(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every variant of ours and the peer per attack (round-robin), print the table and return it as
+    ``{"config", "floor", "rows", "notes"}``, written to ``args.json`` after each attack when given."""
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model, build = speed_model(args)
+    model = model.to(device).eval().requires_grad_(False)
+    objective = build(model)
+    images = torch.rand(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
+    images = images.to(device)
+    with torch.no_grad():
+        target = objective.predict(objective.forward(images))
+    variants = [VARIANTS[name] for name in args.variants]
+    objectives = {variant.name: variant_objective(variant, model, build) for variant in variants}
+    inputs = {variant.name: channels_last_images(images) if variant.channels_last else images for variant in variants}
+    network = args.arch if args.task == "classification" else f"U-Net ({args.encoder})"
+    config = {
+        "task": args.task,
+        "model": network,
+        "classes": args.num_classes,
+        "batch": args.batch,
+        "size": args.size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "clock": args.clock,
+        "variants": {variant.name: asdict(variant) for variant in variants},
+    }
+    gradient = {"forward+backward": lambda: input_gradient(objective, images, target)}
+    floor = time_round_robin(gradient, args.warmup, args.repeats, device, args.clock)[0]["forward+backward"]
+    report: dict[str, Any] = {
+        "config": config,
+        "floor": {"seconds": floor, "images_per_s": args.batch / floor},
+        "rows": [],
+        "notes": [],
+    }
+    print(
+        f"{network}, batch {args.batch} x 3 x {args.size} x {args.size}, {config['device']}, "
+        f"{config['threads']} threads; one fp32 forward + input-backward {floor:.4f} s"
+    )
+    header = (
+        f"{'attack':<10} {'impl':<22} {'seconds':>8} {'img/s':>8} {'peak MiB':>9} {'error':>6} "
+        f"{'vs fp32':>8} {'vs peer':>8}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for name in args.speed_attacks:
+        if name in CLASSIFICATION_ONLY and args.task != "classification":
+            report["notes"].append(f"{name}: classification only, not run on {args.task}")
+            continue
+        attack = speed_attack(name)
+        runs: dict[str, Callable[[], object]] = {
+            f"ours {variant}": lambda variant=variant, attack=attack: attack(
+                objectives[variant], inputs[variant], target
+            )
+            for variant in objectives
+        }
+        peer = reference_run(name, model, args.num_classes, device) if args.task == "classification" else None
+        if peer is not None:
+            runs[peer[0]] = lambda run=peer[1]: run(images, target)
+        elif args.task == "classification":
+            report["notes"].append(
+                f"{name}: "
+                + (TORCHATTACKS_NOTE if name != "autoattack" else "pyautoattack is not installed: no reference column")
+            )
+        peaks: dict[str, int] = {}
+        medians, outputs = time_round_robin(runs, args.warmup, args.repeats, device, args.clock, peaks)
+        rows = speed_rows(name, medians, outputs, peaks, objective, target, args.batch, peer and peer[0])
+        for row in rows:
+            peak = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+            print(
+                f"{name:<10} {row['impl']:<22} {row['seconds']:>8.3f} {row['images_per_s']:>8.1f} {peak:>9} "
+                f"{row['error_rate']:>6.2f} {ratio(row['speedup_vs_fp32']):>8} {ratio(row['speedup_vs_peer']):>8}"
+            )
+        report["rows"] += rows
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    return report
+
+
 def available_peers(requested: Sequence[str]) -> list[str]:
     modules = {"torchattacks": "torchattacks", "art": "art"}
     found = [peer for peer in requested if importlib.util.find_spec(modules[peer]) is not None]
@@ -267,6 +498,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", default="wall", choices=list(CLOCKS), help="cpu: robust on a shared machine")
+    parser.add_argument("--speed", action="store_true", help="time the speed options instead of the peer table")
+    parser.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "segmentation"],
+        help="--speed: a timm classifier (--arch) or an smp U-Net (--encoder)",
+    )
+    parser.add_argument("--encoder", default="resnet34", help="--speed --task segmentation: U-Net encoder")
+    parser.add_argument("--speed-attacks", nargs="+", default=list(SPEED_ATTACKS), choices=list(SPEED_ATTACKS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     for name in ("num_classes", "batch", "size", "repeats"):
         if getattr(args, name) < 1:
@@ -274,14 +516,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and return {attack: {implementation: median seconds}}, the
-    early-stop timings under "{attack} early_stop": {"without": ..., "with": ...}."""
+    early-stop timings under "{attack} early_stop": {"without": ..., "with": ...}; with ``--speed`` the
+    speed table (``speed_table``)."""
     import timm
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.speed:
+        return speed_table(args)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = timm.create_model(args.arch, pretrained=False, num_classes=args.num_classes).to(device).eval()
@@ -327,7 +572,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                 f"{name:<9} {steps:>4} {impl:<13} {seconds:>8.3f} {args.batch / seconds:>8.1f} {rate:>6}  {notes[impl]}"
             )
     speedups = early_stop_speedups(objective, images, labels, args)
-    return results | {f"{name} early_stop": medians for name, medians in speedups.items()}
+    results |= {f"{name} early_stop": medians for name, medians in speedups.items()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

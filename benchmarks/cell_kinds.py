@@ -15,7 +15,7 @@ from torchvision.io import encode_png
 from attacks.budgets import budget_label
 from benchmarks.grid import AttackSetting, Cell
 from callbacks.adversarial_detection import AdversarialDetectionEvaluation, detection_metrics
-from callbacks.attack_eval import AdversarialEvaluation, AttackSpec
+from callbacks.attack_eval import AdversarialEvaluation, AttackSpec, norms_key
 from callbacks.detector_features import DetectionReport
 from callbacks.examples import Example
 from callbacks.transfer import TESTED, TransferEvaluation
@@ -63,11 +63,16 @@ class AttackCell:
             [attack_spec(setting, cell.seed) for setting in cell.attacks],
             examples=evaluation.get("examples", 4),
             brisque=evaluation.get("brisque", True),
+            precision=evaluation.get("precision", "32"),
+            channels_last=evaluation.get("channels_last"),
+            compile=evaluation.get("compile", False),
+            attack_batch_size=evaluation.get("attack_batch_size"),
         )
 
     def results(self, cell: Cell, callback: AdversarialEvaluation) -> CellOutput:
         """The cell's metrics (``adv/...``, ``check/...``, ``clean/...``), examples, and per-sample scores
-        (``clean`` and ``adv``), from which the report takes the worst case over attacks."""
+        (``clean`` and ``adv``), from which the report takes the worst case over attacks, and a minimal-norm
+        attack's per-sample norms (``norm``), from which it draws robust accuracy against the budget."""
         cell_key = f"{cell.attack}/{budget_label(cell.budget)}/"
         prefixes = {f"adv/{cell_key}": "adv/", f"check/{cell_key}": "check/", "clean/": "clean/"}
         metrics = {
@@ -79,7 +84,7 @@ class AttackCell:
         if not any(key.startswith("adv/") for key in metrics):
             raise RuntimeError(f"the evaluation logged no adv/{cell_key}* metrics: {sorted(callback.results)}")
         attack_key = cell_key.removesuffix("/")
-        streams = {"clean": "clean", "adv": attack_key}
+        streams = {"clean": "clean", "adv": attack_key, "norm": norms_key(attack_key)}
         samples = {stream: dict(callback.sample_scores[key]) for stream, key in streams.items()
                    if key in callback.sample_scores}
         return CellOutput(metrics, [example_png(example) for example in callback.last_examples], samples)
@@ -99,6 +104,7 @@ class TransferCell:
             [attack_spec(setting, cell.seed) for setting in cell.attacks],
             {name: models[name] for name in others},
             sources=sources,
+            precision=cell.evaluation.get("precision", "32"),
         )
 
     def results(self, cell: Cell, callback: TransferEvaluation) -> CellOutput:

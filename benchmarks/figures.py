@@ -7,18 +7,23 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from attacks.budgets import budget_text, budget_value
+from attacks.fmn import robust_accuracy_curve
 from benchmarks.store import CellRecord
 from benchmarks.tables import (
     METRIC_NAMES,
+    SamplesOf,
     Summary,
     TransferMatrix,
+    WorstCase,
     ordered_budgets,
     select,
     summarize,
@@ -62,9 +67,24 @@ def mean_and_std(summaries: Sequence[Summary | None]) -> tuple[list[float], list
     return ([s.mean if s else math.nan for s in summaries], [s.std if s else math.nan for s in summaries])
 
 
-def budget_curves(records: Sequence[CellRecord], metrics: Sequence[str]) -> Image | None:
+def draw_line(ax: Any, values: Sequence[float], summaries: Sequence[Summary | None], **style: Any) -> None:
+    """One curve: error bars of one standard deviation over seeds, or a shaded 95% band where single cells
+    carry their interval."""
+    means, stds = mean_and_std(summaries)
+    ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, **style)
+    lows = [s.interval[0] if s and s.interval else math.nan for s in summaries]
+    highs = [s.interval[1] if s and s.interval else math.nan for s in summaries]
+    if any(math.isfinite(low) for low in lows):
+        ax.fill_between(values, lows, highs, color=style.get("color"), alpha=0.15, linewidth=0)
+
+
+def budget_curves(
+    records: Sequence[CellRecord], metrics: Sequence[str], worst: Sequence[WorstCase] = ()
+) -> Image | None:
     """One panel per metric: ``adv/{metric}`` against the numeric budget, one line per attack (error bars over
-    seeds), the clean value as a dashed line. Minimal-norm budgets (``min``) are left out."""
+    seeds, or the 95% band of one seed), the clean value as a dashed line, and in the first panel the
+    per-sample worst case over the Linf attacks (``worst``) as a thick black line. Minimal-norm budgets
+    (``min``) are left out."""
     colors = attack_colors(records)
     records = [r for r in records if budget_value(r.budget) is not None]
     metrics = [m for m in metrics if any(f"adv/{m}" in r.metrics for r in records)]
@@ -79,9 +99,13 @@ def budget_curves(records: Sequence[CellRecord], metrics: Sequence[str]) -> Imag
         if clean:
             ax.axhline(clean.mean, color="black", linestyle="--", linewidth=1, label="clean")
         for attack in unique(r.attack for r in measured):
-            means, stds = mean_and_std([summarize(select(measured, attack=attack, budget=b), f"adv/{metric}")
-                                        for b in budgets])
-            ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, color=colors[attack], label=attack)
+            summaries = [summarize(select(measured, attack=attack, budget=b), f"adv/{metric}") for b in budgets]
+            draw_line(ax, values, summaries, color=colors[attack], label=attack)
+        cases = [case for case in worst if case.norm == "linf" and budget_value(case.budget) is not None]
+        if metric == metrics[0] and cases:
+            cases.sort(key=lambda case: budget_value(case.budget))
+            draw_line(ax, [budget_value(case.budget) for case in cases], [case.worst for case in cases],
+                      color="black", linewidth=2.5, label="worst case")
         if len(values) > 1 and max(values) / min(values) > 20:
             ax.set_xscale("log")
         ax.set_xticks(values, [budget_text(b) for b in budgets], rotation=45 if len(values) > 5 else 0)
@@ -93,7 +117,10 @@ def budget_curves(records: Sequence[CellRecord], metrics: Sequence[str]) -> Imag
     axes[0].legend(fontsize="small")
     names = " and ".join(METRIC_NAMES.get(m, m) for m in metrics)
     return Image(f"{names.capitalize()} against budget", png_of(figure),
-                 "Mean over seeds, error bars one standard deviation; dashed: clean.")
+                 "One seed: shaded 95% interval (Wilson for proportions, bootstrap over images for means); several "
+                 "seeds: error bars of one standard deviation. Dashed: clean. Thick black: the per-sample worst case "
+                 "over the Linf attacks of each budget (segmentation: per-image Jaccard), the number to quote; a "
+                 "single attack's curve far above it means that attack alone overstates robustness.")
 
 
 def quality_scatter(records: Sequence[CellRecord]) -> Image | None:
@@ -122,6 +149,39 @@ def quality_scatter(records: Sequence[CellRecord]) -> Image | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     return Image("Success rate against image quality", png_of(figure), "Mean over seeds; labels: budgets.")
+
+
+def minimal_norm_curves(records: Sequence[CellRecord], samples_of: SamplesOf) -> Image | None:
+    """Robust accuracy against the budget from the per-sample norms of minimal-norm attacks (FMN, FAB, ALMA
+    prox, ...), every budget from one run: one panel per norm, one step curve per attack (first seed)."""
+    seed = min((r.seed for r in records), default=0)
+    curves: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for record in select(records, seed=seed):
+        norms = samples_of(record.key).get("norm")
+        attacks = record.settings.get("attacks") or [{}]
+        if norms:
+            norm = attacks[0].get("settings", {}).get("norm", "linf")
+            curves.setdefault(norm, []).append((record.attack, torch.tensor(list(norms.values()))))
+    if not curves:
+        return None
+    colors = attack_colors(records)
+    figure, axes = new_figure(len(curves))
+    for ax, (norm, found) in zip(axes, sorted(curves.items()), strict=True):
+        finite = torch.cat([norms[norms.isfinite()] for _, norms in found])
+        top = float(finite.max()) * 1.05 if len(finite) else 1.0
+        grid = torch.linspace(0.0, top, 200)
+        for attack, norms in found:
+            ax.plot(grid, robust_accuracy_curve(norms.double(), grid.double()), color=colors[attack],
+                    label=f"{attack} (median {norms.median():.3g})")
+        ax.set_xlabel(f"budget ({norm} norm)")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return Image("Robust accuracy against budget, from minimal perturbations", png_of(figure),
+                 "Each sample is robust up to its smallest adversarial perturbation found, so one run gives every "
+                 "budget; a curve above a fixed-budget attack's point at the same budget means the minimal-norm "
+                 "attack found weaker perturbations there.")
 
 
 def perturbation_bars(records: Sequence[CellRecord]) -> Image | None:

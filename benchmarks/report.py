@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attacks.budgets import budget_text
-from benchmarks.figures import Image, budget_curves, perturbation_bars, quality_scatter, transfer_heatmap
+from benchmarks.figures import (
+    Image,
+    budget_curves,
+    minimal_norm_curves,
+    perturbation_bars,
+    quality_scatter,
+    transfer_heatmap,
+)
 from benchmarks.store import (
     CellRecord,
     Protected,
@@ -39,6 +46,7 @@ from benchmarks.tables import (
     transfer_table,
     unique,
     worst_case_table,
+    worst_cases,
 )
 
 ExamplesOf = Callable[[str], list[StoredExample]]
@@ -153,8 +161,10 @@ def model_section(model: str, records: Sequence[CellRecord], store: ResultsStore
     """One model's attack cells: the worst case over attacks (the headline), the tables, the budget curves,
     quality and Var/Cos plots, then examples."""
     main = TASK_METRICS.get(task_of(records) or "", ())[:1]
-    plots = [budget_curves(records, [*main, "success_rate"]), quality_scatter(records), perturbation_bars(records)]
-    headline = worst_case_table(records, store.sample_scores)
+    worst = worst_cases(records, store.sample_scores)
+    plots = [budget_curves(records, [*main, "success_rate"], worst), minimal_norm_curves(records, store.sample_scores),
+             quality_scatter(records), perturbation_bars(records)]
+    headline = worst_case_table(worst, task_of(records))
     blocks = [*([headline] if headline else []), *model_tables(records), *(plot for plot in plots if plot),
               *example_images(records, store.examples)]
     return Section(f"Model {model}", 3, blocks)

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +28,7 @@ from benchmarks.model_cache import TrainedModel, load_or_train
 from benchmarks.progress import CellProgress
 from benchmarks.store import CellRecord, ResultsStore, now
 
+DETERMINISM = {None: None, "error": True, "warn": "warn"}  # --deterministic -> Lightning's Trainer(deterministic=)
 VERSIONED_PACKAGES = (
     "medadvbench", "torch", "torchvision", "lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
 )
@@ -35,7 +36,9 @@ VERSIONED_PACKAGES = (
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Where results go and how each cell's trainer runs (Lightning's accelerator/devices/nodes/strategy)."""
+    """Where results go and how each cell's trainer runs (Lightning's accelerator/devices/nodes/strategy).
+    ``deterministic``: None, ``"error"`` (an operation without a deterministic implementation raises) or
+    ``"warn"`` (it warns), as ``torch.use_deterministic_algorithms`` and Lightning's ``deterministic``."""
 
     output: Path = Path("runs")
     store: Path | None = None
@@ -46,6 +49,11 @@ class RunOptions:
     shard: tuple[int, int] = (0, 1)
     wandb: bool = False
     progress: bool = True
+    deterministic: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.deterministic not in DETERMINISM:
+            raise ValueError(f"deterministic must be one of {list(DETERMINISM)}, got {self.deterministic!r}")
 
     @property
     def store_path(self) -> Path:
@@ -53,8 +61,13 @@ class RunOptions:
 
     @property
     def trainer_settings(self) -> dict[str, Any]:
-        return {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
-                "strategy": self.strategy}
+        settings = {
+            "accelerator": self.accelerator,
+            "devices": self.devices,
+            "num_nodes": self.num_nodes,
+            "strategy": self.strategy,
+        }
+        return settings | ({"deterministic": DETERMINISM[self.deterministic]} if self.deterministic else {})
 
 
 @dataclass
@@ -87,6 +100,15 @@ def cell_record(cell: Cell, status: str, **values: Any) -> CellRecord:
     )
 
 
+def use_deterministic_algorithms(warn_only: bool) -> None:
+    """Deterministic kernels for everything that follows (training, evaluation, attacks), as Lightning's
+    ``Trainer(deterministic=True)`` sets them, but from the start of the run: cuDNN autotuning off and
+    cuBLAS's fixed workspace (CUDA needs it for reproducible matrix products)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = False
+
+
 def multi_process() -> bool:
     """Whether this process is one of several ranks (an initialised process group, or WORLD_SIZE > 1 as
     torchrun and Lightning's launcher set it)."""
@@ -95,10 +117,10 @@ def multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def pending_cells(benchmark: Benchmark, store: ResultsStore, shard: tuple[int, int]) -> tuple[list[Cell], int]:
-    """The shard's cells not yet done under their current config hash, and how many the shard has."""
+def pending_cells(benchmark: Benchmark, finished: Mapping[str, str], shard: tuple[int, int]) -> tuple[list[Cell], int]:
+    """The shard's cells not done (``finished``: key -> config hash of the done cells) under their current
+    config hash, and how many the shard has."""
     cells = select_shard(benchmark.cells, *shard)
-    finished = store.finished()
     return [cell for cell in cells if finished.get(cell.key) != cell.config_hash], len(cells)
 
 
@@ -114,8 +136,10 @@ class BenchmarkRunner:
 
     def run(self) -> RunSummary:
         start = time.perf_counter()
+        if self.options.deterministic:
+            use_deterministic_algorithms(warn_only=self.options.deterministic == "warn")
         with ResultsStore(self.options.store_path) as store:
-            pending, total = pending_cells(self.benchmark, store, self.options.shard)
+            pending, total = pending_cells(self.benchmark, store.finished(), self.options.shard)
             summary = RunSummary(cells=total, skipped=total - len(pending))
             progress = CellProgress(total, summary.skipped, enabled=self.options.progress and self.writer)
             with progress:

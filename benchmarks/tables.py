@@ -9,7 +9,7 @@ import csv
 import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from attacks.budgets import budget_text, budget_value
 from attacks.registry import attack_entry
 from benchmarks.store import CellRecord, Protected, SampleScores, atomic_write, check_output
+from callbacks.bootstrap import bootstrap_interval, mean_parts
 from callbacks.checks import CellSummary, cross_checks, verdicts
 from callbacks.detector_features import DETECTORS
 from callbacks.intervals import wilson_interval
@@ -221,23 +222,36 @@ PER_SAMPLE_METRICS = {"classification": "accuracy", "segmentation": "image_jacca
 SamplesOf = Callable[[str], SampleScores]
 
 
-def worst_case_table(records: Sequence[CellRecord], samples_of: SamplesOf) -> Table | None:
-    """The headline: for each budget (and norm), each sample counts as robust only if every attack cell at
-    that budget failed on it (classification: correct under all; segmentation: the image's lowest Jaccard),
-    beside the clean score and the strongest single attack; one seed with its 95% interval, several as
-    mean ± std over seeds."""
+@dataclass(frozen=True)
+class WorstCase:
+    """The worst case over the attacks of one budget and norm: clean and worst-case score (one seed with its
+    95% interval, several as mean ± std), how many attacks were pooled and the strongest single one."""
+
+    budget: str
+    norm: str
+    clean: Summary
+    worst: Summary
+    attacks: int
+    strongest: str
+    strongest_score: float
+
+
+def worst_cases(records: Sequence[CellRecord], samples_of: SamplesOf) -> list[WorstCase]:
+    """For each budget (and norm), each sample counts as robust only if every attack cell at that budget failed
+    on it (classification: correct under all; segmentation: the image's lowest Jaccard). The interval of one
+    seed is Wilson's for accuracy, the bootstrap's over images for a mean score."""
     metric = PER_SAMPLE_METRICS.get(task_of(records) or "")
     if metric is None:
-        return None
+        return []
     groups: dict[tuple[str, str], list[CellRecord]] = {}
     for record in in_grid_order(records):
         for attack in record.settings.get("attacks", []):
             group = threat_group(attack["settings"], record.budget)
             if group is not None:
                 groups.setdefault((group, record.budget), []).append(record)
-    rows = []
+    cases = []
     for (group, budget), cells in groups.items():
-        clean, worst, sizes, single = [], [], [], {}
+        clean, worst, samples, single = [], [], [], {}
         for seed in unique(r.seed for r in cells):
             scores = {r.attack: samples_of(r.key) for r in cells if r.seed == seed}
             adversarial = [found["adv"] for found in scores.values() if "adv" in found]
@@ -247,26 +261,49 @@ def worst_case_table(records: Sequence[CellRecord], samples_of: SamplesOf) -> Ta
             clean_scores = next(found["clean"] for found in scores.values() if "clean" in found)
             clean.append(statistics.fmean(clean_scores[sample] for sample in per_sample))
             worst.append(statistics.fmean(per_sample.values()))
-            sizes.append(len(per_sample))
+            samples.append(torch.tensor(list(per_sample.values()), dtype=torch.float64))
             for attack, found in scores.items():
                 single.setdefault(attack, []).append(statistics.fmean(found["adv"].values()))
         if not worst:
             continue
         interval = None
         if len(worst) == 1 and metric == "accuracy":
-            low, high = wilson_interval(torch.tensor(worst[0] * sizes[0]), torch.tensor(float(sizes[0])))
+            low, high = wilson_interval(samples[0].sum(), torch.tensor(float(len(samples[0]))))
             interval = (float(low), float(high))
+        elif len(worst) == 1:
+            interval = bootstrap_interval(*mean_parts(samples[0]))
         strongest = min(single, key=lambda attack: statistics.fmean(single[attack]))
         norm = group.removeprefix("worst").removeprefix("_") or "linf"
-        rows.append((f"{budget_text(budget)} ({norm})", Summary.of(clean), Summary.of(worst, interval),
-                     str(len(single)), f"{strongest} ({statistics.fmean(single[strongest]):.3f})"))
-    if not rows:
+        cases.append(WorstCase(budget, norm, Summary.of(clean), Summary.of(worst, interval), len(single),
+                               strongest, statistics.fmean(single[strongest])))
+    return cases
+
+
+def worst_case_table(cases: Sequence[WorstCase], task: str | None) -> Table | None:
+    """The headline: the worst case over attacks per budget (:func:`worst_cases`), beside the clean score
+    and the strongest single attack."""
+    if not cases:
         return None
+    rows = tuple((f"{budget_text(c.budget)} ({c.norm})", c.clean, c.worst, str(c.attacks),
+                  f"{c.strongest} ({c.strongest_score:.3f})") for c in cases)
+    metric = PER_SAMPLE_METRICS[task]
     name = METRIC_NAMES.get(metric, metric)
     note = ("A sample is robust at a budget only if every attack there failed on it (Croce & Hein 2020); "
             "attacks of other norms or budgets, minimal-norm and exposure attacks are not pooled.")
     return Table(f"Worst case over attacks: {name}", ("budget", f"clean {name}", f"worst-case {name}", "attacks",
-                                                      "strongest single attack"), tuple(rows), note)
+                                                      "strongest single attack"), rows, note)
+
+
+def headline_tables(records: Sequence[CellRecord], samples_of: SamplesOf) -> list[Table]:
+    """The worst-case table of every attacked model, per benchmark and dataset, titled with all three."""
+    tables = []
+    attacked = [r for r in records if r.kind == "attack"]
+    for benchmark, dataset, model in unique((r.benchmark, r.dataset, r.model) for r in attacked):
+        group = select(attacked, benchmark=benchmark, dataset=dataset, model=model)
+        table = worst_case_table(worst_cases(group, samples_of), task_of(group))
+        if table is not None:
+            tables.append(replace(table, title=f"{table.title} ({benchmark} / {dataset} / {model})"))
+    return tables
 
 
 def cell_summary(record: CellRecord, metric: str) -> CellSummary | None:

@@ -7,7 +7,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -22,11 +24,33 @@ class TrainResult:
     seconds: float
 
 
+class ParsedConfig(LightningCLI):
+    """A LightningCLI that parses and type-checks its config (defaults filled in) and builds nothing."""
+
+    def instantiate_classes(self) -> None:
+        return None
+
+
 def build_cli(config: Path, output: Path, overrides: Sequence[str] = ()) -> LightningCLI:
-    """Parse a config (``model``/``data`` as class_path + init_args, ``trainer``) without running it."""
+    """Parse a config (``model``/``data`` as class_path + init_args, ``trainer``) and build its model,
+    datamodule and trainer, without running anything."""
+    return make_cli(LightningCLI, config, output, overrides)
+
+
+def parse_train_config(config: Path, overrides: Sequence[str] = ()) -> Namespace:
+    """The config with ``overrides`` as :func:`build_cli` reads it (types checked, defaults filled in),
+    without building anything; a bad key or value raises jsonargparse's ``ArgumentError``."""
+    return make_cli(ParsedConfig, config, Path("."), overrides, parser_kwargs={"exit_on_error": False}).config
+
+
+def make_cli(
+    cli_class: type[LightningCLI], config: Path, output: Path, overrides: Sequence[str], **options: Any
+) -> LightningCLI:
+    """``cli_class`` on a train config with overrides: the model and data classes, trainer defaults and
+    logging that every training and every check of a config share."""
     with warnings.catch_warnings():  # the `medadv` command's own sys.argv is not meant for this parser
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        return LightningCLI(
+        return cli_class(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
@@ -46,6 +70,7 @@ def build_cli(config: Path, output: Path, overrides: Sequence[str] = ()) -> Ligh
                     "init_args": {"save_dir": str(output), "name": config.stem},
                 },
             },
+            **options,
         )
 
 

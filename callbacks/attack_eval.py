@@ -1,8 +1,9 @@
 """AdversarialEvaluation: runs every configured attack at every budget on each test batch inside
-``trainer.test`` and logs clean and adversarial task metrics (proportions with 95% Wilson intervals),
-perturbation statistics, image quality and cost under ``clean/{metric}`` and ``adv/{attack}/{budget}/{metric}``,
-the per-sample worst case over the attacks of each budget under ``adv/worst/{budget}/{metric}``, and the
-attack-failure checks under ``check/{attack}/{budget}/{name}`` (docs/metrics.md)."""
+``trainer.test`` and logs clean and adversarial task metrics (proportions with 95% Wilson intervals, means
+over images with 95% bootstrap intervals), perturbation statistics, image quality and cost under
+``clean/{metric}`` and ``adv/{attack}/{budget}/{metric}``, the per-sample worst case over the attacks of each
+budget under ``adv/worst/{budget}/{metric}``, and the attack-failure checks under
+``check/{attack}/{budget}/{name}`` (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from torch import Tensor, nn
 
 from attacks.base import Attack, AttackResult, frozen_model, plain_setting
 from attacks.budgets import MINIMAL, budget_label
+from attacks.precision import check_precision
+from callbacks.batch_size import AttackBatchSizes, attack_in_chunks, check_attack_batch_size
+from callbacks.bootstrap import BootstrapIntervals, mean_parts, sample_keys
 from callbacks.checks import CellSummary, LossEvidence, ModelEvidence, cross_checks, verdicts
 from callbacks.distributed import gather_objects
 from callbacks.examples import Example, examples_of
 from callbacks.fit_data import fit_dataloader
-from callbacks.metrics import PerturbationStatistics
+from callbacks.metrics import PERTURBATION_MEANS, PerturbationStatistics, perturbation_parts
+from callbacks.model_state import ModuleState
 from callbacks.quality import AdversarialImageQuality, BRISQUEScore
+from callbacks.speed import channels_last_images, channels_last_wanted, check_flag, evaluation_objective
 from callbacks.task_scores import TaskScores, task_scores
 from callbacks.wandb_logging import log_examples, log_run_config, wandb_loggers
 from callbacks.worst_case import worst_case_metrics
@@ -78,6 +84,25 @@ def merged(per_rank: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, d
     return scores
 
 
+def norms_key(key: str) -> str:
+    """Where the per-sample minimal norms of the attack at ``key`` are kept among the sample scores."""
+    return f"{key}/norms"
+
+
+def minimal_norm_metrics(attacks: Mapping[str, Attack], sample_scores: Mapping[str, Mapping[str, float]]) -> dict:
+    """``adv/{key}/median_norm`` (the lower median) of every attack that reported per-sample minimal norms
+    (``extras["norms"]``: 0 for a sample misclassified clean, inf for one never fooled), and
+    ``adv/{key}/unbroken``, the share of samples never fooled."""
+    metrics = {}
+    for key in attacks:
+        norms = sample_scores.get(norms_key(key))
+        if norms:
+            values = torch.tensor(list(norms.values()), dtype=torch.float64)
+            metrics[f"adv/{key}/median_norm"] = float(values.median())  # the lower median: inf-safe
+            metrics[f"adv/{key}/unbroken"] = float(values.isinf().double().mean())
+    return metrics
+
+
 def unbounded(attack: Attack, key: str) -> bool:
     """Whether the attack at ``key`` has no effective bound: a minimal-norm attack (budget ``min``) or an
     Linf budget of 1 or more (the whole [0, 1] range)."""
@@ -110,6 +135,12 @@ class AdversarialEvaluation(pl.Callback):
     that does not pad, as the project's datamodules provide). Lightning's ``Trainer(limit_test_batches=...)``
     bounds the batches evaluated, clean and attacked alike. With a WandbLogger it also logs the attack
     settings into the run config and a table of ``examples`` triplets per attack from the first batch.
+
+    Speed options (docs/performance.md): ``precision`` ("32", "bf16-mixed", "16-mixed") runs every forward
+    and backward under autocast with fp32 outputs, perturbations and steps; ``channels_last`` (None: on
+    for conv nets on CUDA) converts the module and the images, and the module's formats are restored after
+    the test; ``compile`` runs the forward through torch.compile; ``attack_batch_size`` attacks each batch
+    in chunks of that size, or of the largest size that fits in GPU memory ("auto").
     """
 
     def __init__(
@@ -118,8 +149,20 @@ class AdversarialEvaluation(pl.Callback):
         epsilons: Sequence[float] | None = None,
         examples: int = 4,
         brisque: bool = True,
+        precision: str = "32",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        attack_batch_size: int | str | AttackBatchSizes | None = None,
     ) -> None:
         super().__init__()
+        self.precision = check_precision(precision)
+        check_flag("channels_last", channels_last, allow_none=True)
+        check_flag("compile", compile)
+        self.channels_last = channels_last
+        self.compile = compile
+        self.attack_batch_size = check_attack_batch_size(attack_batch_size)
+        self.use_channels_last = False
+        self.borrowed: ModuleState | None = None
         self.specs = attack_specs(attacks, epsilons)
         self.attacks: dict[str, Attack] = dict(
             instance for spec in self.specs for instance in spec.instances()
@@ -135,6 +178,10 @@ class AdversarialEvaluation(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        self.use_channels_last = channels_last_wanted(self.channels_last, pl_module, pl_module.device)
+        if self.use_channels_last:
+            self.borrowed = ModuleState.of(pl_module)
+            pl_module.to(memory_format=torch.channels_last)
         self.scores = nn.ModuleDict(
             {"clean": task_scores(pl_module, attacked=False)}
             | {metric_slot(key): task_scores(pl_module) for key in self.attacks}
@@ -146,6 +193,12 @@ class AdversarialEvaluation(pl.Callback):
             {metric_slot(key): AdversarialImageQuality(self.with_brisque) for key in self.attacks}
         ).to(pl_module.device)
         self.clean_brisque = BRISQUEScore().to(pl_module.device) if self.with_brisque else None
+        means = self.scores["clean"].mean_metrics
+        attacked_means = (*means, *PERTURBATION_MEANS, *next(iter(self.quality.values())).names)
+        self.intervals = nn.ModuleDict(
+            {"clean": BootstrapIntervals(means)}
+            | {metric_slot(key): BootstrapIntervals(attacked_means) for key in self.attacks}
+        ).to(pl_module.device)
         self.sample_scores = {}
         self.model_evidence = ModelEvidence().to(pl_module.device)
         self.loss_evidence = nn.ModuleDict({metric_slot(key): LossEvidence() for key in self.attacks}).to(
@@ -153,14 +206,16 @@ class AdversarialEvaluation(pl.Callback):
         )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit data-dependent attacks (universal perturbations) on the training split first."""
+        """Build the objective every forward pass runs through (precision, compile), then fit data-dependent
+        attacks (universal perturbations) on the training split."""
+        self.objective = evaluation_objective(pl_module.objective(), self.precision, self.compile)
         fittable = [attack for attack in self.attacks.values() if hasattr(attack, "fit")]
         if not fittable:
             return
         loader = fit_dataloader(trainer.datamodule, "universal attacks")
         with torch.inference_mode(False), torch.enable_grad():
             for attack in fittable:
-                attack.fit(pl_module.objective(), loader)
+                attack.fit(self.objective, loader)
 
     def on_test_batch_end(
         self,
@@ -173,19 +228,24 @@ class AdversarialEvaluation(pl.Callback):
     ) -> None:
         with torch.inference_mode(False), torch.enable_grad():
             images, target = detached_batch(batch)
-            objective = pl_module.objective()
+            if self.use_channels_last:
+                images = channels_last_images(images)
+            objective = self.objective
             with torch.no_grad():
                 clean_outputs = objective.forward(images)
             clean: TaskScores = self.scores["clean"]
             clean.update_scores(objective, clean_outputs, target)
+            keys = sample_keys(batch["id"], images.device)
+            self.intervals["clean"].update(keys, clean.per_image_parts(objective, clean_outputs, target))
             self.keep_sample_scores("clean", clean.per_sample(objective, clean_outputs, target), batch["id"])
             if self.clean_brisque is not None:
                 self.clean_brisque.update(images)
             with frozen_model(objective.model):
                 self.model_evidence.update(objective, images, target, clean_outputs)
             for key, attack in self.attacks.items():
+                size = self.chunk_size(attack, objective, images, target, batch["id"])
                 start = time.perf_counter()
-                result: AttackResult = attack(objective, images, target, ids=batch["id"])
+                result: AttackResult = attack_in_chunks(attack, objective, images, target, batch["id"], size)
                 seconds = time.perf_counter() - start
                 with torch.no_grad():
                     adv_outputs = objective.forward(result.adv_images)
@@ -194,8 +254,15 @@ class AdversarialEvaluation(pl.Callback):
                 scores.update_scores(objective, adv_outputs, target)
                 scores.update_success(objective, clean_outputs, adv_outputs, target, result.extras.get("goal"))
                 self.keep_sample_scores(key, scores.per_sample(objective, adv_outputs, target), batch["id"])
+                self.keep_sample_scores(norms_key(key), result.extras.get("norms"), batch["id"])
                 self.perturbation[slot].update(result.perturbation(images), result.trace, seconds)
-                self.quality[slot].update(result.adv_images, images)
+                quality = self.quality[slot].update(result.adv_images, images)
+                self.intervals[slot].update(
+                    keys,
+                    scores.per_image_parts(objective, adv_outputs, target)
+                    | perturbation_parts(result.perturbation(images), result.trace)
+                    | {name: mean_parts(values) for name, values in quality.items()},
+                )
                 self.loss_evidence[slot].update(result.trace)
                 if batch_idx == 0 and trainer.is_global_zero:
                     self.example_rows += examples_of(
@@ -204,7 +271,7 @@ class AdversarialEvaluation(pl.Callback):
                     )
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        clean_values = self.scores["clean"].compute_scores()
+        clean_values = self.scores["clean"].compute_scores() | self.intervals["clean"].compute()
         if self.clean_brisque is not None:
             clean_values["brisque"] = self.clean_brisque.compute()
         self.results = {f"clean/{name}": float(value) for name, value in clean_values.items()}
@@ -215,6 +282,7 @@ class AdversarialEvaluation(pl.Callback):
             values |= self.scores[slot].drops(clean_values, values)
             values |= self.perturbation[slot].compute()
             values |= self.quality[slot].compute()
+            values |= self.intervals[slot].compute()
             self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
             evidence = model_evidence | self.loss_evidence[slot].compute()
             if unbounded(attack, key):
@@ -225,11 +293,12 @@ class AdversarialEvaluation(pl.Callback):
         if clean.per_sample_metric is not None:
             binary = clean.per_sample_metric == "accuracy"
             self.results |= worst_case_metrics(self.attacks, self.sample_scores, clean.per_sample_metric, binary)
+        self.results |= minimal_norm_metrics(self.attacks, self.sample_scores)
         for name, value in self.results.items():
             pl_module.log(name, value, rank_zero_only=True)
         self.checks = self.check_verdicts()
         for metrics in (*self.scores.values(), *self.perturbation.values(), *self.quality.values(),
-                        *self.loss_evidence.values(), self.model_evidence):
+                        *self.intervals.values(), *self.loss_evidence.values(), self.model_evidence):
             metrics.reset()
         if self.clean_brisque is not None:
             self.clean_brisque.reset()
@@ -239,9 +308,29 @@ class AdversarialEvaluation(pl.Callback):
                     if verdict != "pass":
                         rank_zero_warn(f"attack check {name} on {key}: {verdict.removeprefix('warn: ')}")
             for logger in wandb_loggers(trainer.loggers):
-                log_run_config(logger, {"attacks": self.settings(), "checks": self.checks})
+                config = {"attacks": self.settings(), "evaluation": self.evaluation_settings(), "checks": self.checks}
+                log_run_config(logger, config)
                 log_examples(logger, self.example_rows)
         self.last_examples, self.example_rows = self.example_rows, []
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "test":
+            self.hand_back(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.hand_back(pl_module)
+
+    def hand_back(self, pl_module: pl.LightningModule) -> None:
+        """Give the module back in the memory format (and modes, flags, device) it had at setup."""
+        if self.borrowed is not None:
+            self.borrowed.restore(pl_module)
+            self.borrowed = None
+
+    def chunk_size(self, attack: Attack, objective: Any, images: Tensor, target: Any, ids: Sequence[str]) -> int:
+        """The attack's chunk: the whole batch, the fixed ``attack_batch_size``, or the size found for it."""
+        if isinstance(self.attack_batch_size, AttackBatchSizes):
+            return self.attack_batch_size.size(attack, objective, images, target, ids)
+        return self.attack_batch_size or len(images)
 
     def keep_sample_scores(self, key: str, scores: Tensor | None, ids: Sequence[str]) -> None:
         """Remember each sample's score under ``key`` (``clean`` or an attack key), by sample id."""
@@ -266,3 +355,9 @@ class AdversarialEvaluation(pl.Callback):
     def settings(self) -> dict[str, Any]:
         """Each attack's class and full settings (``Attack.settings``) per ``{name}/{budget}`` key."""
         return {key: plain_setting(attack) for key, attack in self.attacks.items()}
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        """How the model ran: precision, channels_last (as decided at setup), compile, attack batch size."""
+        batch_size = "auto" if isinstance(self.attack_batch_size, AttackBatchSizes) else self.attack_batch_size
+        return {"precision": self.precision, "channels_last": self.use_channels_last, "compile": self.compile,
+                "attack_batch_size": batch_size}

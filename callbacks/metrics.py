@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAUROC
+from torchvision.ops import box_iou
 
-from attacks.base import AttackTrace
+from attacks.base import AttackTrace, check_fraction
+from callbacks.bootstrap import Parts
 from callbacks.intervals import proportion
 
 
@@ -105,6 +107,26 @@ class SegmentationScores(Metric):
         }
 
 
+PERTURBATION_MEANS = ("linf", "l2", "var", "cos_positive", "cos_mean")
+
+
+def perturbation_parts(perturbation: Tensor, trace: AttackTrace) -> Parts:
+    """Per-image (numerator, denominator) of the perturbation means, for their bootstrap intervals: norms and
+    variance over one image each; the cosine shares and means over the image's recorded cosines."""
+    flat = perturbation.flatten(1).double()
+    ones = torch.ones(len(flat), dtype=torch.float64, device=flat.device)
+    cosines = trace.update_cosine.double()
+    recorded = ~cosines.isnan()
+    count = recorded.sum(dim=1).double()
+    return {
+        "linf": (flat.abs().amax(dim=1), ones),
+        "l2": (flat.norm(dim=1), ones),
+        "var": (trace.variance.double(), ones),
+        "cos_positive": (((cosines > 0) & recorded).sum(dim=1).double(), count),
+        "cos_mean": (cosines.nan_to_num(0.0).sum(dim=1), count),
+    }
+
+
 class PerturbationStatistics(Metric):
     """Mean Linf and L2 norms, SMIA's Var (perturbation variance) and Cos (share of positive cosines
     between consecutive updates, and their mean), and attack seconds per image."""
@@ -139,4 +161,63 @@ class PerturbationStatistics(Metric):
             "cos_mean": _ratio(self.cosine_sum, self.cosines),
             "seconds_per_image": _ratio(self.seconds, self.images),
             "queries": _ratio(self.queries, self.images),
+        }
+
+
+def detection_effects(
+    prediction: dict[str, Tensor], truth: dict[str, Tensor], score_threshold: float, iou_threshold: float
+) -> dict[str, Tensor]:
+    """One image's counts behind ``DetectionEffects``. An object is found by a detection scoring above
+    ``score_threshold`` whose box has IoU >= ``iou_threshold`` with it; its ``objects`` are then found with the
+    right label (``true_positives``), found with wrong labels only (``misclassified``) or not found
+    (``disappeared``); of its ``detections`` above the threshold, ``hallucinations`` overlap no object."""
+    kept = prediction["scores"] > score_threshold
+    boxes, labels = prediction["boxes"][kept], prediction["labels"][kept]
+    truth_boxes, truth_labels = truth["boxes"].to(boxes), truth["labels"].to(labels.device)
+    overlap = box_iou(truth_boxes, boxes) >= iou_threshold
+    found = overlap.any(dim=1)
+    right = (overlap & (truth_labels[:, None] == labels[None, :])).any(dim=1)
+    return {
+        "objects": torch.tensor(len(truth_labels)),
+        "true_positives": right.sum(),
+        "misclassified": (found & ~right).sum(),
+        "disappeared": (~found).sum(),
+        "detections": kept.sum(),
+        "hallucinations": (~overlap.any(dim=0)).sum(),
+    }
+
+
+class DetectionEffects(Metric):
+    """What a detector's detections scoring above ``score_threshold`` do to the ground-truth objects, after
+    Armory's object-detection metrics, pooled over the objects of all images: the ``true_positive_rate``
+    (found with the right label), ``misclassification_rate`` (found with wrong labels only) and
+    ``disappearance_rate`` (not found) partition the objects, each with its 95% Wilson interval;
+    ``hallucinations_per_image`` counts detections overlapping no object, ``detections_per_image`` all of them.
+    Found: IoU >= ``iou_threshold`` (see ``detection_effects``)."""
+
+    full_state_update = False
+
+    def __init__(self, score_threshold: float = 0.5, iou_threshold: float = 0.5) -> None:
+        super().__init__()
+        check_fraction("score_threshold", score_threshold, allow_zero=True)
+        check_fraction("iou_threshold", iou_threshold)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        _sum_state(
+            self, "images", "objects", "true_positives", "misclassified", "disappeared", "detections", "hallucinations"
+        )
+
+    def update(self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]]) -> None:
+        for prediction, truth in zip(preds, target, strict=True):
+            self.images += 1
+            for name, count in detection_effects(prediction, truth, self.score_threshold, self.iou_threshold).items():
+                setattr(self, name, getattr(self, name) + count.to(self.images.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            **proportion("true_positive_rate", self.true_positives, self.objects),
+            **proportion("misclassification_rate", self.misclassified, self.objects),
+            **proportion("disappearance_rate", self.disappeared, self.objects),
+            "hallucinations_per_image": _ratio(self.hallucinations, self.images),
+            "detections_per_image": _ratio(self.detections, self.images),
         }

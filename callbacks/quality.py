@@ -32,8 +32,9 @@ class MeanOverImages(Metric):
     def per_image(self, *images: Tensor) -> Tensor:
         """Score (B,) of each image of the batch."""
 
-    def update(self, *images: Tensor) -> None:
-        scores = self.per_image(*images).detach().to(torch.float64)
+    def update(self, *images: Tensor, scores: Tensor | None = None) -> None:
+        """Add the images' scores; ``scores`` are their ``per_image`` scores when the caller has them already."""
+        scores = (self.per_image(*images) if scores is None else scores).detach().to(torch.float64)
         defined = ~scores.isnan()
         self.total += scores[defined].sum()
         self.count += defined.sum()
@@ -115,10 +116,20 @@ class AdversarialImageQuality(torch.nn.Module):
         self.reference = reference_quality_metrics()
         self.brisque = BRISQUEScore() if with_brisque else None
 
-    def update(self, adversarial: Tensor, clean: Tensor) -> None:
-        self.reference.update(adversarial, clean)
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.reference.keys(), *(("brisque",) if self.brisque is not None else ()))
+
+    def update(self, adversarial: Tensor, clean: Tensor) -> dict[str, Tensor]:
+        """Add the batch; returns each metric's per-image scores (B,), for their bootstrap intervals."""
+        scores = {name: metric.per_image(adversarial, clean) for name, metric in self.reference.items()}
         if self.brisque is not None:
-            self.brisque.update(adversarial)
+            scores["brisque"] = self.brisque.per_image(adversarial)
+        for name, metric in self.reference.items():
+            metric.update(adversarial, clean, scores=scores[name])
+        if self.brisque is not None:
+            self.brisque.update(adversarial, scores=scores["brisque"])
+        return scores
 
     def compute(self) -> dict[str, Tensor]:
         scores = dict(self.reference.compute())

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from callbacks.metrics import AttackSuccess, ClassificationScores, SegmentationScores
+from callbacks.bootstrap import Parts, mean_parts
+from callbacks.metrics import (
+    AttackSuccess,
+    ClassificationScores,
+    DetectionEffects,
+    SegmentationScores,
+    detection_effects,
+)
 from lightning_modules.metrics import MatchedBoxIoU
 
 
@@ -19,6 +26,7 @@ class TaskScores(nn.Module):
 
     headline: tuple[str, ...] = ()
     per_sample_metric: str | None = None  # the name of ``per_sample``'s score; None: no per-sample score
+    mean_metrics: tuple[str, ...] = ()  # the means over images ``per_image_parts`` gives the parts of
 
     def update_scores(self, objective: Any, outputs: Any, target: Any) -> None:
         raise NotImplementedError
@@ -26,6 +34,10 @@ class TaskScores(nn.Module):
     def per_sample(self, objective: Any, outputs: Any, target: Any) -> Tensor | None:
         """(B,) score of each sample, whose minimum over attacks is the per-sample worst case."""
         return None
+
+    def per_image_parts(self, objective: Any, outputs: Any, target: Any) -> Parts:
+        """Per-image (numerator, denominator) of each of ``mean_metrics``, for their bootstrap intervals."""
+        return {}
 
     def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Any, goal: Any) -> None:
         """Attack success bookkeeping; only tasks with a per-sample notion of success override it."""
@@ -73,6 +85,7 @@ class ClassificationTaskScores(TaskScores):
 class SegmentationTaskScores(TaskScores):
     headline = ("jaccard", "dice")
     per_sample_metric = "image_jaccard"
+    mean_metrics = ("jaccard", "dice", "pixel_accuracy")
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,22 +101,51 @@ class SegmentationTaskScores(TaskScores):
         overlap = (predicted & truth).sum(dim=1)
         return torch.where(union > 0, overlap / union.clamp_min(1), torch.ones_like(overlap, dtype=torch.float))
 
+    def per_image_parts(self, objective: Any, outputs: Any, target: Tensor) -> Parts:
+        """Each image's pixel counts behind the pooled Jaccard, Dice and pixel accuracy."""
+        predicted, truth = (objective.predict(outputs) > 0).flatten(1), (target > 0).flatten(1)
+        tp, fp = (predicted & truth).sum(dim=1), (predicted & ~truth).sum(dim=1)
+        fn, pixels = (~predicted & truth).sum(dim=1), torch.full_like(tp, truth.shape[1])
+        return {
+            "jaccard": (tp, tp + fp + fn),
+            "dice": (2 * tp, 2 * tp + fp + fn),
+            "pixel_accuracy": (pixels - fp - fn, pixels),
+        }
+
     def compute_scores(self) -> dict[str, Tensor]:
         return self.scores.compute()
 
 
 class DetectionTaskScores(TaskScores):
-    headline = ("map", "map_50")
+    """mAP, mAP@0.5, matched-box IoU and the effects on the objects (``DetectionEffects``) of the detections
+    scoring above ``score_threshold``."""
 
-    def __init__(self) -> None:
+    headline = ("map", "map_50")
+    mean_metrics = ("hallucinations_per_image", "detections_per_image")
+
+    def __init__(self, score_threshold: float = 0.5) -> None:
         super().__init__()
         self.average_precision = MeanAveragePrecision(iou_type="bbox")
         self.matched_iou = MatchedBoxIoU()
+        self.effects = DetectionEffects(score_threshold)
 
     def update_scores(self, objective: Any, outputs: Any, target: list[dict[str, Tensor]]) -> None:
         predictions = objective.predict(outputs)
         self.average_precision.update(predictions, target)
         self.matched_iou.update(predictions, target)
+        self.effects.update(predictions, target)
+
+    def per_image_parts(self, objective: Any, outputs: Any, target: list[dict[str, Tensor]]) -> Parts:
+        """Each image's hallucinations and detections above the score threshold, for their bootstrap intervals."""
+        effects = self.effects
+        counts = [
+            detection_effects(prediction, truth, effects.score_threshold, effects.iou_threshold)
+            for prediction, truth in zip(objective.predict(outputs), target, strict=True)
+        ]
+        return {
+            f"{name}_per_image": mean_parts(torch.stack([count[name] for count in counts]).double())
+            for name in ("hallucinations", "detections")
+        }
 
     def compute_scores(self) -> dict[str, Tensor]:
         average_precision = self.average_precision.compute()
@@ -111,6 +153,7 @@ class DetectionTaskScores(TaskScores):
             "map": average_precision["map"],
             "map_50": average_precision["map_50"],
             "mean_iou": self.matched_iou.compute(),
+            **self.effects.compute(),
         }
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackResult
+from attacks.precision import check_precision, with_precision
 from attacks.transfer import EnsembleObjective, TransferAttack
 from callbacks.attack_eval import AttackFactory, AttackSpec, attack_specs, detached_batch, metric_slot
 from callbacks.metrics import AttackSuccess
@@ -34,6 +35,8 @@ class TransferEvaluation(pl.Callback):
     target classifies correctly when clean, logged as ``transfer/{attack}/{budget}/{source}->{target}/
     success_rate`` and kept in ``self.matrix`` ({attack key: {source: {target: rate}}}). The ``models`` are
     moved to the tested module's device in eval mode for the test and handed back as they were after it.
+    ``precision`` ("32", "bf16-mixed", "16-mixed") runs every model's forward and backward under autocast
+    with fp32 outputs (``attacks.precision.MixedPrecisionObjective``).
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class TransferEvaluation(pl.Callback):
         epsilons: Sequence[float] | None = None,
         sources: Sequence[str | Sequence[str]] | None = None,
         targets: Sequence[str] | None = None,
+        precision: str = "32",
     ) -> None:
         super().__init__()
+        self.precision = check_precision(precision)
         if TESTED in models:
             raise ValueError(f"models: the name {TESTED!r} is reserved for the module under test")
         self.models = dict(models)
@@ -87,7 +92,7 @@ class TransferEvaluation(pl.Callback):
         self.borrowed = {}
 
     def _objective(self, name: str, pl_module: pl.LightningModule) -> Any:
-        return (pl_module if name == TESTED else self.models[name]).objective()
+        return with_precision((pl_module if name == TESTED else self.models[name]).objective(), self.precision)
 
     def _surrogate(self, source: list[str], pl_module: pl.LightningModule) -> Any:
         objectives = [self._objective(name, pl_module) for name in source]

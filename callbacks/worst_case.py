@@ -10,6 +10,7 @@ import torch
 
 from attacks.base import Attack
 from attacks.budgets import budget_value
+from callbacks.bootstrap import bootstrap_interval, mean_parts
 from callbacks.intervals import proportion
 
 Scores = Mapping[str, float]  # sample id -> score (1/0 correct, or a per-image Jaccard)
@@ -37,7 +38,8 @@ def worst_case_metrics(
     attacks: Mapping[str, Attack], scores: Mapping[str, Scores], metric: str, binary: bool
 ) -> dict[str, float]:
     """``adv/{group}/{budget}/{metric}`` for every group of two or more attacks at one budget and norm, with
-    ``{metric}_ci_low/high`` (Wilson) when the scores are 0/1, and ``attacks``, how many were combined."""
+    ``{metric}_ci_low/high`` (Wilson when the scores are 0/1, else bootstrap over images), and ``attacks``,
+    how many were combined."""
     groups: dict[tuple[str, str], list[str]] = {}
     for key, attack in attacks.items():
         budget = key.rsplit("/", 1)[1]
@@ -57,6 +59,8 @@ def worst_case_metrics(
             found = proportion(metric, values.sum(), torch.tensor(float(len(values))))
             metrics |= {f"{prefix}/{name}": float(value) for name, value in found.items()}
         else:
-            metrics[f"{prefix}/{metric}"] = float(values.mean())
+            low, high = bootstrap_interval(*mean_parts(values))
+            metrics |= {f"{prefix}/{metric}": float(values.mean()), f"{prefix}/{metric}_ci_low": low,
+                        f"{prefix}/{metric}_ci_high": high}
         metrics[f"{prefix}/attacks"] = float(len(keys))
     return metrics

@@ -17,7 +17,13 @@ _EXPORTS = {
     "SegmentationObjective": "lightning_modules.objectives",
     "DetectionObjective": "lightning_modules.detection_objective",
     "DetectionOutputs": "lightning_modules.detection_objective",
+    "RetinaNetObjective": "lightning_modules.retinanet_objective",
+    "RetinaNetOutputs": "lightning_modules.retinanet_objective",
     "MatchedBoxIoU": "lightning_modules.metrics",
+    "DEFENCES": "lightning_modules.defences",
+    "InputDefence": "lightning_modules.defences",
+    "build_transform": "lightning_modules.defences",
+    "with_defence": "lightning_modules.defences",
 }
 
 __all__ = sorted(_EXPORTS)

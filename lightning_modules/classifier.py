@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.nn.functional as F
@@ -43,8 +43,9 @@ class ClassifierModule(TaskModule):
         weight_decay: float = 1e-4,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        adversarial_training: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(adversarial_training)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
         self.save_hyperparameters()
@@ -72,14 +73,14 @@ class ClassifierModule(TaskModule):
         return self.classifier(self.features(images))
 
     def objective(self) -> ClassificationObjective:
-        return ClassificationObjective(self)
+        return ClassificationObjective(self, self.hparams.num_classes)
 
-    def step(self, batch: dict[str, Any], stage: str) -> Tensor:
-        logits = self(batch["image"])
-        target = batch["target"]
-        loss = F.cross_entropy(logits, target)
-        probabilities = logits.detach().softmax(dim=1)
+    def task_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Mean cross entropy of the logits."""
+        return F.cross_entropy(outputs, target)
+
+    def log_outputs(self, stage: str, outputs: Tensor, target: Tensor, loss: Tensor) -> None:
+        probabilities = outputs.detach().softmax(dim=1)
         scores = probabilities[:, 1] if self.hparams.num_classes == 2 else probabilities
         self.log_loss(stage, loss, len(target))
         self.log_metrics(stage, scores, target)
-        return loss

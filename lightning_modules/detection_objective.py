@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,28 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
 from attacks.base import evaluation_mode
+from attacks.validation import check_class_indices, describe
 from lightning_modules.objectives import soft_cross_entropy
 
 # torchvision's fastrcnn_loss and RegionProposalNetwork.compute_loss use this smooth-L1 beta.
 SMOOTH_L1_BETA = 1 / 9
+BOX_TOLERANCE = 1e-3  # pixels float rounding may take a box edge outside the image
+
+
+def check_boxes(name: str, boxes: Any, height: int, width: int) -> None:
+    """Raise ValueError naming ``name`` and the first bad row unless ``boxes`` is a floating-point (N, 4) tensor
+    of finite xyxy pixel boxes with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height."""
+    if not isinstance(boxes, Tensor) or not boxes.is_floating_point() or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be a floating-point (N, 4) tensor of xyxy pixel boxes, got {describe(boxes)}")
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    inside = (x1 >= -BOX_TOLERANCE) & (y1 >= -BOX_TOLERANCE) & (x2 <= width + BOX_TOLERANCE)
+    good = boxes.isfinite().all(dim=1) & (x1 < x2) & (y1 < y2) & inside & (y2 <= height + BOX_TOLERANCE)
+    if not good.all():
+        row = int((~good).nonzero()[0])
+        raise ValueError(
+            f"{name}[{row}] = {boxes[row].tolist()} is not a box inside the {width}x{height} image "
+            "(finite xyxy pixels, 0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height)"
+        )
 
 
 def expected_sampled_loss(
@@ -87,6 +107,26 @@ class DetectionObjective:
 
     def __init__(self, model: FasterRCNN) -> None:
         self.model = model
+
+    @property
+    def num_classes(self) -> int:
+        """K: the object classes, labelled 1..K (0 is the background)."""
+        return self.model.roi_heads.box_predictor.cls_score.out_features - 1
+
+    def check_target(self, images: Tensor, target: list[dict[str, Tensor]] | None) -> None:
+        """ValueError naming the sample unless ``target`` is None or one dict per image whose ``boxes`` pass
+        ``check_boxes`` and whose ``labels`` are N integers in 1..K."""
+        if target is None:
+            return
+        if not isinstance(target, (list, tuple)) or len(target) != len(images):
+            raise ValueError(f"target must be a list of {len(images)} dicts (one per image), got {describe(target)}")
+        height, width = images.shape[-2:]
+        for index, sample in enumerate(target):
+            name = f"target[{index}]"
+            if not isinstance(sample, Mapping) or not {"boxes", "labels"} <= sample.keys():
+                raise ValueError(f"{name} must be a dict with 'boxes' and 'labels', got {describe(sample)}")
+            check_boxes(f"{name}['boxes']", sample["boxes"], height, width)
+            check_class_indices(f"{name}['labels']", sample["labels"], (len(sample["boxes"]),), 1, self.num_classes + 1)
 
     def forward(self, images: Tensor) -> DetectionOutputs:
         """Eval-mode RPN and ROI-head outputs of images (B, 3, H, W) in [0, 1], differentiable w.r.t. them."""

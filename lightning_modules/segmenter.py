@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -43,8 +43,9 @@ class SegmenterModule(TaskModule):
         weight_decay: float = 1e-4,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        adversarial_training: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(adversarial_training)
         if encoder_name not in smp.encoders.get_encoder_names() and not encoder_name.startswith("tu-"):
             raise ValueError(
                 f"encoder_name={encoder_name!r} is not an smp encoder (see smp.encoders.get_encoder_names())"
@@ -86,13 +87,14 @@ class SegmenterModule(TaskModule):
         return self.unet(padded)[..., :height, :width]
 
     def objective(self) -> SegmentationObjective:
-        return SegmentationObjective(self)
+        return SegmentationObjective(self, self.hparams.classes)
 
-    def step(self, batch: dict[str, Any], stage: str) -> Tensor:
-        logits = self(batch["image"])
-        masks = batch["target"].long()
-        objective = self.objective()
-        loss = objective.loss(logits, masks).mean() + self.dice(logits, masks)
+    def task_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Mean per-pixel cross entropy (the objective's loss) plus Dice loss."""
+        masks = target.long()
+        return self.objective().loss(outputs, masks).mean() + self.dice(outputs, masks)
+
+    def log_outputs(self, stage: str, outputs: Tensor, target: Tensor, loss: Tensor) -> None:
+        masks = target.long()
         self.log_loss(stage, loss, len(masks))
-        self.log_metrics(stage, objective.predict(logits.detach()), masks)
-        return loss
+        self.log_metrics(stage, self.objective().predict(outputs.detach()), masks)

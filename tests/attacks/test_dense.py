@@ -10,6 +10,7 @@ from attacks.base import SampleRandom
 from attacks.dense import DenseAdversaryGeneration, adversarial_class_maps
 from attacks.smia import SMIA
 from lightning_modules.detector import DetectorModule
+from lightning_modules.objectives import SegmentationObjective
 from tests.attacks.invariants import assert_independent_with_ids, assert_invariants
 
 
@@ -62,12 +63,19 @@ def test_first_step_has_linf_gamma(toy_segmenter, toy_batch) -> None:
     assert (result.trace.iterations == 1).all()
 
 
+class IgnoringEveryPixel(SegmentationObjective):
+    """Dense labels -1 at every pixel, as the detection objective gives its padded proposals."""
+
+    def dense_target(self, outputs: Tensor, target: Tensor) -> Tensor:
+        return torch.full_like(target, -1)
+
+
 def test_positions_already_wrong_or_ignored_are_not_targets(toy_segmenter, toy_batch) -> None:
     images, _, masks = toy_batch
     with torch.no_grad():
         wrong = 1 - toy_segmenter.predict(toy_segmenter.forward(images))
-    for target in (wrong, torch.full_like(masks, -1)):
-        result = DenseAdversaryGeneration()(toy_segmenter, images, target)
+    for objective, target in ((toy_segmenter, wrong), (IgnoringEveryPixel(toy_segmenter.model), masks)):
+        result = DenseAdversaryGeneration()(objective, images, target)
         assert torch.equal(result.adv_images, images)
         assert (result.trace.iterations == 0).all()
 

@@ -105,7 +105,7 @@ def test_an_attack_named_by_import_path_gets_its_budget(tmp_path):
 
 def test_unknown_train_config_lists_the_shipped_ones(tmp_path):
     config = {"datasets": {"d": {"train": "no_such_train_config"}}}
-    with pytest.raises(FileNotFoundError, match="synthetic_fundus"):
+    with pytest.raises(ValueError, match="datasets.d.train: config 'no_such_train_config' not found.*synthetic_fundus"):
         load_benchmark(write_config(tmp_path, config))
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.report import write_report
 from benchmarks.store import ResultsStore
-from benchmarks.tables import worst_case_table
+from benchmarks.tables import task_of, worst_case_table, worst_cases
 from tests.benchmarks.cli_runs import ROOT, medadv, run_env, run_medadv
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
@@ -74,7 +74,8 @@ def test_full_run_stores_every_cell_with_examples(full_run):
             assert set(samples) == {"clean", "adv"} and len(samples["adv"]) == len(samples["clean"]) == 10
             assert record.metrics["check/random_model"] == record.metrics["check/probability_outputs"] == 0
         fgsm, bim = (store.sample_scores(f"tiny/fundus/resnet18/{a}/8_255/seed0")["adv"] for a in ("fgsm", "bim"))
-        headline = worst_case_table([r for r in attack_records if r.model == "resnet18"], store.sample_scores)
+        resnet = [r for r in attack_records if r.model == "resnet18"]
+        headline = worst_case_table(worst_cases(resnet, store.sample_scores), task_of(resnet))
         html, _ = write_report(store, "tiny", full_run / "report")
     rows = {row[0]: row for row in headline.rows}  # 8/255 pools FGSM and BIM; 2/255 has FGSM alone
     _, _, worst, attacks, _ = rows["8/255 (linf)"]
@@ -133,6 +134,9 @@ def test_two_shards_merged_equal_the_full_run(full_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "merged 11 cells" in result.stdout
+    # the listing opens with the worst case over attacks, the per-sample scores merged with the cells
+    headline = result.stdout.find("Worst case over attacks: accuracy (tiny / fundus / resnet18)")
+    assert 0 <= headline < result.stdout.index("Results: all benchmarks"), result.stdout
     assert_same_tables(table(merged), table(full_run / "results.db"))
 
 

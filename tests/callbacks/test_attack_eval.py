@@ -9,11 +9,12 @@ import torch
 from attacks.budgets import budget_label
 from attacks.deepfool import DeepFool
 from attacks.exposure import BracketedExposureFusion
+from attacks.fmn import FMN
 from attacks.gradient import FGSM, PGD
 from attacks.smia import SMIA
 from attacks.square import SquareAttack
 from attacks.universal import UniversalPerturbation
-from callbacks.attack_eval import AdversarialEvaluation, attack_specs
+from callbacks.attack_eval import AdversarialEvaluation, attack_specs, minimal_norm_metrics
 
 
 def evaluate(module, datamodule, callback, **trainer_args) -> dict[str, float]:
@@ -81,6 +82,10 @@ def test_classifier_metrics_fall_under_every_attack_family(fitted_classifier):
     assert 0 <= results["adv/pgd/8_255/cos_positive"] <= 1
     assert results["adv/square/16_255/queries"] > 0
     assert results["adv/deepfool/min/l2"] > 0
+    # every mean over images carries its bootstrap interval around it
+    for name in ("l2", "var", "cos_mean", "ssim", "psnr"):
+        low, value, high = (results[f"adv/smia/8_255/{name}{end}"] for end in ("_ci_low", "", "_ci_high"))
+        assert low <= value <= high and low < high, name
 
 
 @pytest.mark.slow
@@ -99,6 +104,10 @@ def test_segmenter_jaccard_falls(fitted_segmenter):
         assert results[f"adv/{key}/0.05/jaccard"] < results["clean/jaccard"] - 0.03, key
         assert results[f"adv/{key}/0.05/jaccard_drop"] > 0.03
         assert results[f"adv/{key}/0.05/ssim"] < 1.0
+    for prefix in ("clean", "adv/pgd/0.05"):
+        for name in ("jaccard", "dice", "pixel_accuracy"):
+            low, value, high = (results[f"{prefix}/{name}{end}"] for end in ("_ci_low", "", "_ci_high"))
+            assert low <= value <= high and low < high, f"{prefix}/{name}"
 
 
 @pytest.mark.slow
@@ -111,3 +120,21 @@ def test_detector_map_falls(fitted_detector):
     assert results["clean/map_50"] > 0
     assert results["adv/pgd/16_255/map_50"] < results["clean/map_50"]
     assert results["adv/pgd/16_255/map_50_drop"] > 0
+
+
+def test_minimal_norm_attacks_report_the_median_of_their_per_sample_norms(fitted_classifier):
+    module, datamodule = fitted_classifier
+    callback = AdversarialEvaluation({"fmn": (lambda _: FMN(norm="l2", steps=10), [None])})
+    results = evaluate(module, datamodule, callback, limit_test_batches=1)
+    norms = torch.tensor(list(callback.sample_scores["fmn/min/norms"].values()))
+    assert len(norms) == datamodule.batch_size and (norms >= 0).all()
+    assert results["adv/fmn/min/median_norm"] == pytest.approx(float(norms.median()))
+    assert results["adv/fmn/min/unbroken"] == pytest.approx(float(norms.isinf().float().mean()))
+    # unbounded, FMN leaves correct only the samples it never fooled (norm inf)
+    assert results["adv/fmn/min/accuracy"] == pytest.approx(float(norms.isinf().float().mean()))
+
+
+def test_minimal_norm_metrics_take_the_lower_median_and_count_the_unbroken():
+    attacks = {"fmn/min": FMN(), "pgd/8_255": PGD(eps=8 / 255)}
+    scores = {"fmn/min/norms": {"a": 0.0, "b": 1.0, "c": float("inf"), "d": 2.0}, "pgd/8_255": {"a": 1.0}}
+    assert minimal_norm_metrics(attacks, scores) == {"adv/fmn/min/median_norm": 1.0, "adv/fmn/min/unbroken": 0.25}

@@ -1,4 +1,5 @@
-"""95% Wilson intervals on every reported proportion, from the metrics' sum states (so DDP-exact)."""
+"""95% Wilson intervals on every reported proportion, from the metrics' sum states (so DDP-exact), and 95%
+bootstrap intervals on every mean over images, independent of batch order and process split."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
+from callbacks.bootstrap import BootstrapIntervals, bootstrap_interval, mean_parts, sample_keys
 from callbacks.intervals import proportion, wilson_interval
 from callbacks.metrics import AttackSuccess, ClassificationScores
 
@@ -44,3 +47,47 @@ def test_classification_metrics_carry_intervals_from_their_counts():
     low, high = wilson_interval(torch.tensor(4.0), torch.tensor(6.0))
     assert values["success_rate"] == pytest.approx(4 / 6) and values["success_rate_ci_high"] == high
     assert {"fpr_ci_low", "fpr_ci_high"} <= set(values)
+
+
+def test_bootstrap_of_a_proportion_matches_wilson():
+    """For 0/1 values the bootstrap's percentile interval approaches the Wilson interval (n = 400)."""
+    values = (torch.arange(400) % 10 < 3).double()  # 120 of 400
+    low, high = bootstrap_interval(*mean_parts(values))
+    wilson_low, wilson_high = wilson_interval(torch.tensor(120.0), torch.tensor(400.0))
+    assert low == pytest.approx(float(wilson_low), abs=0.01) and high == pytest.approx(float(wilson_high), abs=0.01)
+
+
+def test_bootstrap_of_a_pooled_ratio_holds_it_and_skips_undefined_images():
+    generator = torch.Generator().manual_seed(0)
+    overlap = torch.randint(0, 50, (60,), generator=generator).double()
+    union = overlap + torch.randint(1, 30, (60,), generator=generator).double()
+    low, high = bootstrap_interval(overlap, union)
+    assert low < float(overlap.sum() / union.sum()) < high
+    with_nan = bootstrap_interval(torch.cat([overlap, torch.tensor([float("nan")])]), torch.cat([union, torch.ones(1)]))
+    assert with_nan == (low, high)
+    assert all(math.isnan(bound) for bound in bootstrap_interval(torch.empty(0), torch.empty(0)))
+
+
+def test_bootstrap_intervals_do_not_depend_on_batch_order_or_split():
+    """Images fed in any order, or split over two metrics whose states are merged (as DDP's cat gathers them),
+    give the interval of one pass in order: the values are ordered by sample key before resampling."""
+    ids = [f"img{i}" for i in range(50)]
+    values = torch.linspace(0, 1, 50).double() ** 2
+
+    def fed(order: list[int], parts: int = 1) -> dict[str, Tensor]:
+        metrics = [BootstrapIntervals(["ssim"]) for _ in range(parts)]
+        for position, index in enumerate(order):
+            metrics[position % parts].update(sample_keys([ids[index]]), {"ssim": mean_parts(values[index : index + 1])})
+        merged = metrics[0]
+        for other in metrics[1:]:
+            for state in ("keys", "numerators", "denominators"):
+                getattr(merged, state).extend(getattr(other, state))
+        return merged.compute()
+
+    in_order = fed(list(range(50)))
+    assert in_order["ssim_ci_low"] < values.mean() < in_order["ssim_ci_high"]
+    shuffled = torch.randperm(50, generator=torch.Generator().manual_seed(1)).tolist()
+    for found in (fed(shuffled), fed(shuffled, parts=2)):
+        assert {k: float(v) for k, v in found.items()} == {k: float(v) for k, v in in_order.items()}
+    with pytest.raises(ValueError, match="parts must name"):
+        BootstrapIntervals(["ssim"]).update(sample_keys(["a"]), {"psnr": mean_parts(torch.ones(1))})
