@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "AdversarialEvaluation": "callbacks.attack_eval",
     "AttackSpec": "callbacks.attack_eval",
+    "AttackBatchSizes": "callbacks.batch_size",
     "TransferEvaluation": "callbacks.transfer",
     "AdversarialDetectionEvaluation": "callbacks.adversarial_detection",
     "DETECTORS": "callbacks.detector_features",

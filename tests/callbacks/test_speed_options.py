@@ -19,11 +19,12 @@ from attacks.apgd import APGD
 from attacks.autoattack import AutoAttack
 from attacks.base import Attack, AttackResult, SampleRandom, TraceRecorder
 from attacks.compiled import CompiledObjective
-from attacks.gradient import PGD
+from attacks.gradient import FGSM, PGD
 from attacks.square import SquareAttack
 from callbacks.attack_eval import AdversarialEvaluation
 from callbacks.batch_size import AttackBatchSizes, attack_in_chunks, fits_without_oom, largest_fitting
 from callbacks.model_state import ModuleState
+from callbacks.transfer import TransferEvaluation
 from datamodules import SyntheticFundusDataModule
 from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.toys import blob_images, small_cnn
@@ -33,9 +34,7 @@ EPS = 8 / 255
 SECONDS = "seconds"  # timing metrics differ between runs by nature
 
 
-def run_evaluation(
-    callback: AdversarialEvaluation, module: nn.Module | None = None, batches: int = 1, accelerator: str = "cpu"
-) -> dict[str, float]:
+def run_test(callback: L.Callback, module: nn.Module | None = None, batches: int = 1, accelerator: str = "cpu") -> None:
     """``trainer.test`` of a half-frozen resnet18 (or ``module``) on 32-pixel fundus batches of 8 images."""
     module = half_frozen_classifier(0) if module is None else module
     datamodule = SyntheticFundusDataModule(num_samples=80, size=32, seed=0, batch_size=8)
@@ -49,6 +48,12 @@ def run_evaluation(
         callbacks=[callback],
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
+
+
+def run_evaluation(
+    callback: AdversarialEvaluation, module: nn.Module | None = None, batches: int = 1, accelerator: str = "cpu"
+) -> dict[str, float]:
+    run_test(callback, module, batches, accelerator)
     return callback.results
 
 
@@ -267,6 +272,21 @@ def test_mixed_precision_evaluation_keeps_the_budget_and_records_its_settings():
     assert results["adv/pgd/8_255/linf"] == pytest.approx(EPS, abs=1e-6)
     reference = run_evaluation(pgd_evaluation())
     assert results["clean/accuracy"] == pytest.approx(reference["clean/accuracy"], abs=1 / 8 + 1e-6)
+
+
+def test_transfer_evaluation_in_bf16_matches_fp32_and_hands_the_sources_back():
+    matrices = {}
+    for precision in ("32", "bf16-mixed"):
+        source = half_frozen_classifier(1)
+        before = snapshot(source)
+        fgsm = {"fgsm": lambda eps: FGSM(eps=eps)}
+        callback = TransferEvaluation(fgsm, {"source": source}, [EPS], precision=precision)
+        run_test(callback)
+        assert_unchanged(source, before)
+        matrices[precision] = callback.matrix["fgsm/8_255"]
+    for source, row in matrices["32"].items():
+        for target, rate in row.items():
+            assert matrices["bf16-mixed"][source][target] == pytest.approx(rate, abs=1 / 8 + 1e-6), (source, target)
 
 
 def failing_backend(graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> None:
