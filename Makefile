@@ -20,13 +20,15 @@ run: $(STAMP)
 	$(BIN)/medadv run
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which otherwise slows small
-# torch ops tens of times on 2 cores shared with DDP worker processes.
+# torch ops tens of times on 2 cores shared with DDP worker processes. pytest-xdist runs one worker per
+# core (at most 4), each test file on one worker; fitted test models are shared through tests/shared_fits.py.
+XDIST := --numprocesses=auto --maxprocesses=4 --dist loadfile
 test: $(STAMP) browser
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(XDIST)
 
 # The suite minus the tests marked `slow` (training, multi-process jobs); CI still runs `make test`.
 test-fast: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -m "not slow"
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 # The report test opens the HTML report in Debian's headless chromium: install it when missing and we are
 # root with apt-get; otherwise say so and go on (that test then skips with the reason).

@@ -4,7 +4,7 @@
 registered name, as configs do. Every attack is called as ``attack(objective, images, target, ids=None)``.
 """
 
-from attacks.adaptive import BPDA, EOT, InputTransformed, StraightThrough
+from attacks.adaptive import BPDA, EOT, AdaptiveAttack, DetectorAware, InputTransformed, StraightThrough
 from attacks.alma_prox import ALMAProx
 from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.asma import ASMA
@@ -39,10 +39,12 @@ __all__ = [
     "APGDDLR",
     "APGDT",
     "ASMA",
+    "AdaptiveAttack",
     "ATTACKS",
     "BIM",
     "BPDA",
     "CWL2",
+    "DetectorAware",
     "EOT",
     "FAB",
     "FGSM",

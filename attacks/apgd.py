@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -91,6 +90,28 @@ class Kept(NamedTuple):
         return Kept(*(put(value, rows, new) for value, new in zip(self, part, strict=True)))
 
 
+class Ascent(NamedTuple):
+    """The per-sample state of one APGD run (Algorithm 1), cut to the samples still iterating."""
+
+    images: Tensor
+    goal: Any
+    labels: Any
+    adv: Tensor
+    previous_adv: Tensor
+    gradient: Tensor
+    previous_loss: Tensor
+    best_adv: Tensor
+    best_gradient: Tensor
+    best_loss: Tensor
+    step_size: Tensor
+    increases: Tensor
+    halved_last: Tensor
+    best_at_last_check: Tensor
+
+    def take(self, keep: Tensor) -> Ascent:
+        return Ascent(*(value[keep] for value in self))
+
+
 class APGD(GradientAttack):
     """APGD-CE (Croce & Hein 2020, Algorithm 1; update Eq. 2; step-size conditions of Sec. 3.2).
 
@@ -102,11 +123,14 @@ class APGD(GradientAttack):
 
     Keeps GradientAttack's ``step_loss`` hook (the task loss, negated for targeted modes), norm and
     targeted modes; defaults are AutoAttack's (100 steps, rho 0.75, momentum 0.75, random start).
+    ``early_stop`` (classification only): a sample misclassified clean is returned unchanged, and a sample
+    leaves the run at its first iterate that fools the model (reaches the goal when targeted), which it
+    keeps; the other samples' iterates are those of the run without it.
     """
 
     name = "apgd_ce"
     defaults = {"eps": 8 / 255, "steps": 100, "random_start": True}
-    fixed = {"alpha": None, "decay": 0.0, "kernel_size": None, "sigma": None, "early_stop": False}
+    fixed = {"alpha": None, "decay": 0.0, "kernel_size": None, "sigma": None}
 
     def __init__(self, rho: float = 0.75, momentum: float = 0.75, n_restarts: int = 1, **options: Any) -> None:
         super().__init__(**options)
@@ -124,7 +148,10 @@ class APGD(GradientAttack):
 
     def fooled(self, objective: Objective, outputs: Any, adv: Tensor, labels: Any) -> Tensor:
         """(N,) bool: the points that reach the attack's goal, kept over higher-loss ones that do not; the
-        task loss sets no such goal (all False), so the highest loss is kept."""
+        task loss sets no such goal (all False, so the highest loss is kept) unless ``early_stop`` makes
+        fooling the model (reaching the target) the goal."""
+        if self.early_stop:
+            return ~self.not_fooled(objective, outputs, labels)
         return torch.zeros(len(adv), dtype=torch.bool, device=adv.device)
 
     def goals(self, objective: Objective, outputs: Any, labels: Any) -> Iterator[Any]:
@@ -144,7 +171,10 @@ class APGD(GradientAttack):
                 break
             start = self.initial_point(images, random)  # drawn for the whole batch: per-sample draws stay put
             rows = (~kept.fooled).nonzero().squeeze(1) if kept.fooled.any() else None
-            record = partial(trace.step, rows=rows)
+
+            def record(iterate: Tensor, loss: Tensor, live: Tensor | None = None, rows: Tensor | None = rows) -> None:
+                trace.step(iterate, live if rows is None else take(rows, live), loss=loss)
+
             part = self.descend(
                 objective, take(images, rows), take(start, rows), take(goal, rows), take(labels, rows), record
             )
@@ -158,45 +188,72 @@ class APGD(GradientAttack):
         adv: Tensor,
         goal: Any,
         labels: Any,
-        record: Callable[[Tensor, Tensor], None],
+        record: Callable[..., None],
     ) -> Kept:
         """One run of Algorithm 1 from ``adv`` with the loss taken against ``goal``; ``record`` sees each iterate
-        and its loss. Returns per sample the iterate to keep (see ``Kept``), its loss and whether it fools."""
+        and its loss (with ``early_stop`` also ``live``, the rows of this run still iterating). Returns per sample
+        the iterate to keep (see ``Kept``), its loss and whether it fools."""
         gradient, loss, outputs = self.loss_gradient(objective, adv, images, goal, 0)
         kept = Kept(adv, loss, self.fooled(objective, outputs, adv, labels))
-        best_adv, best_gradient, best_loss = adv, gradient, loss
-        previous_adv, previous_loss = adv, loss
-        step_size = torch.full_like(loss, self.alpha)
-        increases = torch.zeros_like(loss)
-        halved_last = torch.ones_like(loss, dtype=torch.bool)
-        best_at_last_check = best_loss
+        state = Ascent(
+            images, goal, labels, adv, adv, gradient, loss, adv, gradient, loss,
+            step_size=torch.full_like(loss, self.alpha),
+            increases=torch.zeros_like(loss),
+            halved_last=torch.ones_like(loss, dtype=torch.bool),
+            best_at_last_check=loss,
+        )
+        live = torch.arange(len(adv), device=adv.device) if self.early_stop else None
+        if live is not None:
+            live, state = live[~kept.fooled], state.take(~kept.fooled)
         last_check = 0
         for step in range(self.steps):
+            if live is not None and len(live) == 0:
+                break
             weight = 1.0 if step == 0 else self.momentum
-            ascent = per_sample(step_size, adv) * self.norm.normalise_step(gradient)
-            proposal = self.advance(images, adv, ascent)
-            momentum = weight * (proposal - adv) + (1 - weight) * (adv - previous_adv)
-            previous_adv, adv = adv, self.advance(images, adv, momentum)
-            gradient, loss, outputs = self.loss_gradient(objective, adv, images, goal, step + 1)
-            kept = kept.update(adv, loss, self.fooled(objective, outputs, adv, labels))
-            increases = increases + (loss > previous_loss).to(loss.dtype)
-            previous_loss = loss
-            improved = loss > best_loss
-            best_loss = torch.where(improved, loss, best_loss)
-            best_adv = torch.where(per_sample(improved, adv), adv, best_adv)
-            best_gradient = torch.where(per_sample(improved, adv), gradient, best_gradient)
-            record(adv, loss=loss)
+            ascent = per_sample(state.step_size, state.adv) * self.norm.normalise_step(state.gradient)
+            proposal = self.advance(state.images, state.adv, ascent)
+            momentum = weight * (proposal - state.adv) + (1 - weight) * (state.adv - state.previous_adv)
+            adv = self.advance(state.images, state.adv, momentum)
+            gradient, loss, outputs = self.loss_gradient(objective, adv, state.images, state.goal, step + 1)
+            fooled = self.fooled(objective, outputs, adv, state.labels)
+            kept = kept.put(live, kept.take(live).update(adv, loss, fooled))
+            improved = loss > state.best_loss
+            state = state._replace(
+                adv=adv,
+                previous_adv=state.adv,
+                gradient=gradient,
+                previous_loss=loss,
+                increases=state.increases + (loss > state.previous_loss).to(loss.dtype),
+                best_loss=torch.where(improved, loss, state.best_loss),
+                best_adv=torch.where(per_sample(improved, adv), adv, state.best_adv),
+                best_gradient=torch.where(per_sample(improved, adv), gradient, state.best_gradient),
+            )
+            if live is None:
+                record(adv, loss=loss)
+            else:
+                record(adv, loss=loss, live=live)
             if step + 1 in self.checkpoints:
-                oscillating = increases < self.rho * (step + 1 - last_check)
-                stalled = ~halved_last & (best_at_last_check >= best_loss)
-                halve = oscillating | stalled
-                step_size = torch.where(halve, step_size / 2, step_size)
-                adv = torch.where(per_sample(halve, adv), best_adv, adv)
-                gradient = torch.where(per_sample(halve, adv), best_gradient, gradient)
-                halved_last, best_at_last_check = halve, best_loss
-                increases = torch.zeros_like(increases)
+                state = self.checkpoint(state, step + 1 - last_check)
                 last_check = step + 1
+            if live is not None:
+                live, state = live[~fooled], state.take(~fooled)
         return kept
+
+    def checkpoint(self, state: Ascent, steps_since: int) -> Ascent:
+        """The step-size test at a checkpoint (Sec. 3.2): halve eta and go back to the best point where fewer
+        than rho of the last ``steps_since`` steps raised the loss, or where the best loss stalled unhalved."""
+        oscillating = state.increases < self.rho * steps_since
+        stalled = ~state.halved_last & (state.best_at_last_check >= state.best_loss)
+        halve = oscillating | stalled
+        back = per_sample(halve, state.adv)
+        return state._replace(
+            step_size=torch.where(halve, state.step_size / 2, state.step_size),
+            adv=torch.where(back, state.best_adv, state.adv),
+            gradient=torch.where(back, state.best_gradient, state.gradient),
+            halved_last=halve,
+            best_at_last_check=state.best_loss,
+            increases=torch.zeros_like(state.increases),
+        )
 
 
 class APGDDLR(APGD):

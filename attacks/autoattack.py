@@ -72,16 +72,20 @@ class AutoAttack(Attack):
         self.version = version
         self.steps = int(steps)
         self.stages = [
-            (cls(**self.stage_settings(cls, settings)), draws)
+            (cls(**self.stage_settings(cls, settings, draws)), draws)
             for cls, settings, draws in VERSIONS[version]
             if not (norm != "linf" and cls in LINF_ONLY)
         ]
 
-    def stage_settings(self, cls: type[Attack], settings: dict[str, Any]) -> dict[str, Any]:
-        """A stage's constructor arguments: the cascade's eps, norm, steps and seed, then the version's own."""
+    def stage_settings(self, cls: type[Attack], settings: dict[str, Any], draws: int) -> dict[str, Any]:
+        """A stage's constructor arguments: the cascade's eps, norm, steps and seed, then the version's own. An
+        APGD stage on the model itself (no EoT) stops each sample at its first fooling iterate: the cascade
+        only asks whether a sample is broken, and the stopped samples leave the batch (see ``APGD``)."""
         shared: dict[str, Any] = {"eps": self.eps, "seed": self.seed}
         if cls is not SquareAttack:
             shared |= {"norm": self.norm, "steps": self.steps}
+        if issubclass(cls, APGD) and draws == 1:
+            shared["early_stop"] = True
         return shared | settings
 
     def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:

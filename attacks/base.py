@@ -417,6 +417,10 @@ class Attack:
             arguments |= cls.__dict__.get("fixed", {})
         return {name: plain_setting(getattr(self, name, value)) for name, value in arguments.items()}
 
+    def configured(self, **changes: Any) -> Attack:
+        """A new attack of this class built from this one's constructor arguments with ``changes`` applied."""
+        return type(self)(**(getattr(self, "_arguments", {"seed": self.seed}) | changes))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings.items())})"
 

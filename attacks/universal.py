@@ -7,7 +7,8 @@ Moosavi-Dezfooli et al. 2017 (Algorithm 1) with the gradient-step inner attack o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -89,6 +90,8 @@ class UniversalPerturbation(Attack):
     needed) or, with ``target_class``, as reaching that class. Calling the attack adds v to every image.
     The fit reads the first ``max_fit_images`` images of the loader (None: all), as the paper fits on a
     bounded sample (10,000 ImageNet images): on a large training split the fit time stays bounded.
+    ``fit_summary`` records how the fit ended (epochs, fooling rate, images, seconds, whether the rate was
+    reached); ``fit(..., progress=print)`` reports each epoch.
     """
 
     name = "uap"
@@ -124,23 +127,37 @@ class UniversalPerturbation(Attack):
         self.max_fit_images = max_fit_images
         self.perturbation: Tensor | None = None
         self.fit_history: list[float] = []
+        self.fit_summary: dict[str, float] = {}
 
-    def fit(self, objective: Objective, loader: Iterable[Any]) -> Tensor:
-        """Fit v (C, H, W) on ``loader``; stores it in ``self.perturbation`` and the per-epoch rates in
-        ``self.fit_history``."""
+    def fit(
+        self, objective: Objective, loader: Iterable[Any], progress: Callable[[str], None] | None = None
+    ) -> Tensor:
+        """Fit v (C, H, W) on ``loader``; stores it in ``self.perturbation``, the per-epoch rates in
+        ``self.fit_history`` and the outcome in ``self.fit_summary``; ``progress`` gets one line per epoch."""
         device = model_device(objective)
         perturbation: Tensor | None = None
         self.fit_history = []
+        start = time.perf_counter()
         with frozen_model(objective.model):
-            for _ in range(self.max_epochs):
+            for epoch in range(1, self.max_epochs + 1):
+                count = 0
                 for images in self._fit_images(loader, perturbation, device):
                     if perturbation is None:
                         perturbation = torch.zeros_like(images[0])
                     perturbation = self._update(objective, images, perturbation)
+                    count += len(images)
                 if perturbation is None:
                     raise ValueError("loader yielded no batches to fit the universal perturbation on")
                 self.fit_history.append(self._fooling_rate_on(objective, loader, perturbation, device))
-                if self.fit_history[-1] >= self.target_fooling_rate:
+                reached = self.fit_history[-1] >= self.target_fooling_rate
+                self.fit_summary = {"fit_epochs": epoch, "fit_fooling_rate": self.fit_history[-1],
+                                    "fit_images": count, "fit_seconds": time.perf_counter() - start,
+                                    "fit_rate_reached": float(reached)}
+                if progress is not None:
+                    progress(f"uap fit epoch {epoch}/{self.max_epochs}: fooling rate {self.fit_history[-1]:.3f} "
+                             f"(stop at {self.target_fooling_rate:.3f}) on {count} images, "
+                             f"{self.fit_summary['fit_seconds']:.1f} s")
+                if reached:
                     break
         self.perturbation = perturbation.detach()
         return self.perturbation

@@ -15,6 +15,7 @@ from torchvision.io import encode_png
 from attacks.budgets import budget_label
 from benchmarks.grid import AttackSetting, Cell
 from callbacks.adversarial_detection import AdversarialDetectionEvaluation, detection_metrics
+from callbacks.analysis import analysis_from_config
 from callbacks.attack_eval import AdversarialEvaluation, AttackSpec, norms_key
 from callbacks.detector_features import DetectionReport
 from callbacks.examples import Example
@@ -25,11 +26,13 @@ StoredExamples = list[tuple[str, bytes]]
 
 @dataclass(frozen=True)
 class CellOutput:
-    """What a cell stores: flat metrics, example PNGs with captions, and per-sample scores by stream."""
+    """What a cell stores: flat metrics, example PNGs with captions, per-sample scores by stream, and the
+    analysis arrays by name (``callbacks.analysis``)."""
 
     metrics: dict[str, float]
     examples: StoredExamples = field(default_factory=list)
     samples: dict[str, dict[str, float]] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict)
 
 
 def attack_spec(setting: AttackSetting, seed: int) -> AttackSpec:
@@ -59,6 +62,7 @@ class AttackCell:
 
     def callback(self, cell: Cell, models: Mapping[str, pl.LightningModule]) -> AdversarialEvaluation:
         evaluation = cell.evaluation
+        analysis = evaluation.get("analysis")
         return AdversarialEvaluation(
             [attack_spec(setting, cell.seed) for setting in cell.attacks],
             examples=evaluation.get("examples", 4),
@@ -67,6 +71,8 @@ class AttackCell:
             channels_last=evaluation.get("channels_last"),
             compile=evaluation.get("compile", False),
             attack_batch_size=evaluation.get("attack_batch_size"),
+            robust_accuracy_only=evaluation.get("robust_accuracy_only", False),
+            analysis=None if analysis is None else analysis_from_config(analysis, cell.seed),
         )
 
     def results(self, cell: Cell, callback: AdversarialEvaluation) -> CellOutput:
@@ -87,7 +93,9 @@ class AttackCell:
         streams = {"clean": "clean", "adv": attack_key, "norm": norms_key(attack_key)}
         samples = {stream: dict(callback.sample_scores[key]) for stream, key in streams.items()
                    if key in callback.sample_scores}
-        return CellOutput(metrics, [example_png(example) for example in callback.last_examples], samples)
+        arrays = callback.analysis.arrays(attack_key) if callback.analysis else {}
+        return CellOutput(metrics, [example_png(example) for example in callback.last_examples], samples,
+                          {name: array.numpy() for name, array in arrays.items()})
 
 
 @dataclass(frozen=True)

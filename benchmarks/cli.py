@@ -2,6 +2,7 @@
 
   medadv run [--config NAME|PATH] [--profile P]...   run a benchmark grid (resumable) and write its report
              [--dry-run] [--deterministic]          check and list the cells only; bit-identical reruns
+             [--lease-seconds S]                    several runs on one store share its cells (leases)
   medadv results [--benchmark NAME] [--csv F] [--markdown F] [--merge DB ...]   print, export, merge results
   medadv report [--benchmark NAME]                   write the HTML and Markdown report from the store
   medadv train --config NAME|PATH                    fit one model from a train config
@@ -22,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.leases import DEFAULT_LEASE_SECONDS
 from benchmarks.problems import ConfigError
 
 if TYPE_CHECKING:
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     run.add_argument("--dry-run", action="store_true",
                      help="check the config, list the cells (done or to run) and the models to train, and exit")
+    run.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS,
+                     help="how long a cell claimed by a worker that stopped heart-beating stays its own before "
+                          f"another worker on the store takes it over (default {DEFAULT_LEASE_SECONDS:g})")
     run.add_argument("--deterministic", nargs="?", const="error", choices=("error", "warn"),
                      help="deterministic algorithms and seeds, for bit-identical reruns on one machine; an "
                           "operation without a deterministic version raises (error, the default) or warns")
@@ -116,26 +121,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
     from benchmarks.grid import resolve_config
+    from benchmarks.hardware import world_size
+    from benchmarks.preemption import EXIT_CODE
     from benchmarks.runner import BenchmarkRunner, RunOptions
     from benchmarks.validation import validate_benchmark
 
     quiet_lightning()
     shard = parse_shard(args.shard)
     start = time.perf_counter()
-    benchmark = validate_benchmark(resolve_config(args.config), args.profile, args.set)
     options = RunOptions(
         output=args.output, store=args.store, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes, strategy=args.strategy, shard=shard, wandb=args.wandb,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, lease_seconds=args.lease_seconds,
     )
+    world_size(options.trainer_settings)  # an impossible hardware request is one line, before anything runs
+    benchmark = validate_benchmark(resolve_config(args.config), args.profile, args.set)
     if args.dry_run:
         print_plan(benchmark, options, time.perf_counter() - start)
         return 0
     runner = BenchmarkRunner(benchmark, options)
     summary = runner.run()
+    if summary.preempted:
+        abandoned = f"cell {summary.abandoned} abandoned (not stored)" if summary.abandoned else "between cells"
+        print(f"medadv run: stopped by SIGTERM, {abandoned}; {summary.done} cells run. Nothing done is lost: run "
+              f"the same command again to resume", file=sys.stderr)
+        return EXIT_CODE
     if not runner.writer:
         return 0
-    print(f"{benchmark.name}: {summary.done} cells run, {summary.skipped} already done, "
+    elsewhere = f", {summary.elsewhere} by other workers" if summary.elsewhere else ""
+    print(f"{benchmark.name}: {summary.done} cells run, {summary.skipped} already done{elsewhere}, "
           f"{len(summary.failed)} failed of {summary.cells} in {summary.seconds:.0f} s")
     for failure in summary.failed:
         print(f"  failed: {failure}", file=sys.stderr)

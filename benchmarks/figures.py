@@ -57,6 +57,15 @@ def new_figure(panels: int, width: float = 5.0, height: float = 3.6) -> tuple[Fi
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])
 
 
+def label_axes(ax: Any, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    """Axis labels, a light grid and (``legend``) a small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small")
+
+
 def attack_colors(records: Sequence[CellRecord]) -> dict[str, str]:
     """One colour per attack, fixed by the attack's place among all the records."""
     return {attack: PALETTE[i % len(PALETTE)] for i, attack in enumerate(unique(r.attack for r in records))}
@@ -173,11 +182,8 @@ def minimal_norm_curves(records: Sequence[CellRecord], samples_of: SamplesOf) ->
         for attack, norms in found:
             ax.plot(grid, robust_accuracy_curve(norms.double(), grid.double()), color=colors[attack],
                     label=f"{attack} (median {norms.median():.3g})")
-        ax.set_xlabel(f"budget ({norm} norm)")
-        ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        label_axes(ax, f"budget ({norm} norm)", "robust accuracy")
     return Image("Robust accuracy against budget, from minimal perturbations", png_of(figure),
                  "Each sample is robust up to its smallest adversarial perturbation found, so one run gives every "
                  "budget; a curve above a fixed-budget attack's point at the same budget means the minimal-norm "

@@ -20,21 +20,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attacks.adaptive import ADAPTIVE_METHODS, EOT_DRAWS, AdaptiveAttack
 from attacks.base import Attack
 from attacks.budgets import budget_label, parse_budget, scaled_by_budget
 from attacks.precision import check_precision
 from attacks.registry import AttackEntry, attack_entry, build_attack
 from benchmarks.problems import ConfigError, Problem, ProblemLog, parse_yaml, read_config
+from callbacks.analysis import check_analysis
 from callbacks.batch_size import check_attack_batch_size
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "evaluation", "overrides", "datasets", "profiles"}
 DATASET_KEYS = {"train", "overrides", "models", "attacks", "transfer", "detection"}
-ATTACK_KEYS = {"attack", "budgets", "settings"}
-EVALUATION_KEYS = {"max_batches", "examples", "brisque", "precision", "channels_last", "compile", "attack_batch_size"}
+ATTACK_KEYS = {"attack", "budgets", "settings", "adaptive", "models"}
+ADAPTIVE_KEYS = {"method", "draws"}
+DEFENCE_KEY = "defence"  # the one key of a model variant that is not a LightningCLI override
+EVALUATION_KEYS = {
+    "max_batches", "examples", "brisque", "precision", "channels_last", "compile", "attack_batch_size",
+    "robust_accuracy_only", "analysis",
+}
 TRANSFER_KEYS = {"attacks", "budgets", "sources"}
-DETECTION_KEYS = {"attacks", "budgets", "settings"}
+DETECTION_KEYS = {"attacks", "budgets", "settings", "models"}
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything accepts
+DetectionStudy = tuple[list["ConfiguredAttack"], list[float | None], dict[str, Any], tuple[str, ...]]
 UNSAFE_IN_LABEL = re.compile(r"[/\\\x00-\x1f\x7f]")  # labels become parts of cell keys and folder names
 
 
@@ -77,8 +85,27 @@ def override_args(overrides: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class DefenceSetting:
+    """An input-transformation defence of a model variant: its name in ``lightning_modules.DEFENCES`` and
+    settings, put in front of the trained network at evaluation (``with_defence``)."""
+
+    name: str
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.settings)}
+
+    def apply(self, module: Any) -> Any:
+        """``module`` behind this defence (a copy; ``lightning_modules.defences.with_defence``)."""
+        from lightning_modules.defences import with_defence
+
+        return with_defence(module, self.name, **dict(self.settings))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One model to train or load: a train config plus overrides and seed; ``digest`` keys its checkpoint.
+    """One model to train or load: a train config plus overrides and seed; ``digest`` keys its checkpoint
+    (the ``defence``, applied after training, is not part of it, so defended variants share the weights).
     ``origins`` maps each override key to the benchmark config key that set it, for messages."""
 
     dataset: str
@@ -87,6 +114,7 @@ class ModelSpec:
     overrides: tuple[str, ...]
     seed: int
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    defence: DefenceSetting | None = None
 
     @property
     def args(self) -> list[str]:
@@ -96,15 +124,21 @@ class ModelSpec:
     def digest(self) -> str:
         return stable_hash({"config": self.train_config.read_text(), "args": self.args})
 
+    def evaluated(self, module: Any) -> Any:
+        """The trained ``module`` as the cells evaluate it: behind its ``defence``, if any."""
+        return module if self.defence is None else self.defence.apply(module)
+
 
 @dataclass(frozen=True)
 class AttackSetting:
-    """An attack as a config names it: label (metric name), registry name, settings, one budget."""
+    """An attack as a config names it: label (metric name), registry name, settings, one budget, and the
+    adaptive wrapper it runs in (``{"method": "bpda" | "eot" | "bpda_eot", "draws": n}``), if any."""
 
     label: str
     name: str
     settings: dict[str, Any]
     budget: float | None
+    adaptive: dict[str, Any] | None = None
 
     def as_dict(self, seed: int) -> dict[str, Any]:
         """Label, name, budget and the built attack's full settings (``Attack.settings``) at ``seed``."""
@@ -114,7 +148,8 @@ class AttackSetting:
         """The registry attack at ``budget`` (default: this setting's), seeded with ``seed`` unless its
         settings name a seed; settings relative to the budget (``alpha: eps/10``) are resolved at it."""
         budget = self.budget if budget is None else budget
-        return build_attack(self.name, budget, **{"seed": seed, **budget_settings(self.settings, budget, self.label)})
+        attack = build_attack(self.name, budget, **{"seed": seed, **budget_settings(self.settings, budget, self.label)})
+        return attack if self.adaptive is None else AdaptiveAttack(attack, **self.adaptive)
 
 
 @dataclass(frozen=True)
@@ -150,6 +185,7 @@ class Cell:
             "budget": self.budget,
             "models": {
                 spec.label: {"config": str(spec.train_config), "args": spec.args, "digest": spec.digest}
+                | ({DEFENCE_KEY: spec.defence.as_dict()} if spec.defence else {})
                 for spec in self.models
             },
             "attacks": [attack.as_dict(self.seed) for attack in self.attacks],
@@ -311,11 +347,13 @@ def evaluation_settings(value: Any, log: ProblemLog) -> dict[str, Any]:
         log.check("evaluation.brisque", evaluation["brisque"], flag)
     if "precision" in evaluation:
         log.check("evaluation.precision", evaluation["precision"], check_precision)
-    for key in ("channels_last", "compile"):  # channels_last null: the callback's default
+    for key in ("channels_last", "compile", "robust_accuracy_only"):  # channels_last null: the callback's default
         if evaluation.get(key) is not None:
             log.check(f"evaluation.{key}", evaluation[key], flag)
     if "attack_batch_size" in evaluation:
         log.check("evaluation.attack_batch_size", evaluation["attack_batch_size"], check_attack_batch_size)
+    if evaluation.get("analysis") is not None:
+        log.check("evaluation.analysis", evaluation["analysis"], check_analysis)
     return evaluation
 
 
@@ -340,15 +378,21 @@ def expand(name: str, config: Mapping[str, Any], log: ProblemLog) -> tuple[list[
 
 @dataclass(frozen=True)
 class ConfiguredAttack:
-    """An attack entry of a config, checked: label, registry name, settings and its budgets."""
+    """An attack entry of a config, checked: label, registry name, settings, its budgets, its adaptive
+    wrapper, and the model labels it attacks (empty: every model of the dataset)."""
 
     label: str
     name: str
     settings: dict[str, Any]
     budgets: tuple[float | None, ...]
+    adaptive: dict[str, Any] | None = None
+    models: tuple[str, ...] = ()
 
     def at(self, budget: float | None) -> AttackSetting:
-        return AttackSetting(self.label, self.name, self.settings, budget)
+        return AttackSetting(self.label, self.name, self.settings, budget, self.adaptive)
+
+    def attacks(self, model: str) -> bool:
+        return not self.models or model in self.models
 
 
 class DatasetGrid:
@@ -362,9 +406,11 @@ class DatasetGrid:
         self.log = log
         self.train_config: Path | None = None
         self.variants: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+        self.defences: dict[str, DefenceSetting] = {}
+        self.rejected: set[str] = set()  # model labels whose entry has a problem: known, but without cells
         self.attacks: list[ConfiguredAttack] = []
         self.transfer: tuple[list[ConfiguredAttack], list[Any]] | None = None
-        self.detection: tuple[list[ConfiguredAttack], list[float | None], dict[str, Any]] | None = None
+        self.detection: DetectionStudy | None = None
 
     def read(self, spec: Any, shared: Mapping[str, Any]) -> None:
         """Check the entry, keeping its valid models, attacks and studies."""
@@ -413,12 +459,23 @@ class DatasetGrid:
             if self.log.check(at, model, label) is None:
                 continue
             extra = self.log.check(at, extra, mapping)
-            if extra is not None:
-                self.variants[model] = ({**shared, **own, **extra}, origins | {key: f"{at}.{key}" for key in extra})
+            if extra is None:
+                continue
+            if DEFENCE_KEY in extra:
+                extra = dict(extra)
+                defence = self.log.check(f"{at}.{DEFENCE_KEY}", extra.pop(DEFENCE_KEY), defence_setting)
+                if defence is None:
+                    self.rejected.add(model)
+                    continue
+                self.defences[model] = defence
+            self.variants[model] = ({**shared, **own, **extra}, origins | {key: f"{at}.{key}" for key in extra})
 
     def models(self, seed: int) -> dict[str, ModelSpec]:
         return {
-            model: ModelSpec(self.dataset, model, self.train_config, tuple(override_args(overrides)), seed, origins)
+            model: ModelSpec(
+                self.dataset, model, self.train_config, tuple(override_args(overrides)), seed, origins,
+                self.defences.get(model),
+            )
             for model, (overrides, origins) in self.variants.items()
         }
 
@@ -427,7 +484,7 @@ class DatasetGrid:
         models = self.models(seed)
         common = {"benchmark": self.benchmark, "dataset": self.dataset, "seed": seed, "evaluation": evaluation}
         for model, spec in models.items():
-            for attack in self.attacks:
+            for attack in (attack for attack in self.attacks if attack.attacks(model)):
                 for budget in attack.budgets:
                     yield Cell(
                         kind="attack",
@@ -454,8 +511,10 @@ class DatasetGrid:
                         **common,
                     )
         if self.detection is not None:
-            attacks, budgets, settings = self.detection
+            attacks, budgets, settings, chosen = self.detection
             for model, spec in models.items():
+                if chosen and model not in chosen:
+                    continue
                 for budget in budgets:
                     yield Cell(
                         kind="detection",
@@ -494,11 +553,43 @@ class DatasetGrid:
                     f"{at}.budgets", entry["budgets"], lambda v, key=f"{at}.budgets": budget_list(v, key)
                 )
             settings = log.check(f"{at}.settings", entry.get("settings"), mapping)
+            adaptive = log.check(f"{at}.adaptive", entry.get("adaptive"), adaptive_setting)
+            models = self.attacked_models(entry, at, where)
             if len(log) == found:
                 self.check_attack(at, attack, registered, listed, settings)
             if len(log) == found:
-                configured.append(ConfiguredAttack(name, attack, settings, tuple(listed)))
+                configured.append(ConfiguredAttack(name, attack, settings, tuple(listed), adaptive, models))
         return configured
+
+    def attacked_models(self, entry: dict[str, Any], at: str, where: str) -> tuple[str, ...]:
+        """The checked ``models`` of an attack entry (a list of model labels; only the dataset's own attacks
+        take one), and that a BPDA entry attacks only models with a ``defence`` (BPDA approximates it)."""
+        models = entry.get("models")
+        if models is not None and where != f"{self.where}.attacks":
+            self.log.add(f"{at}.models", models, "only the dataset's attacks choose models; studies attack all")
+            return ()
+        if models is not None:
+            models = self.log.check(f"{at}.models", models, self.model_labels)
+        attacked = models or list(self.variants)
+        adaptive = entry.get("adaptive")
+        method = adaptive.get("method") if isinstance(adaptive, dict) else adaptive
+        undefended = [model for model in attacked if model in self.variants and model not in self.defences]
+        if isinstance(method, str) and "bpda" in method and undefended:
+            self.log.add(
+                f"{at}.adaptive", adaptive,
+                f"BPDA approximates a model's input defence, but {undefended} have no 'defence'; "
+                "list the defended models under 'models'",
+            )
+        return tuple(models or ())
+
+    def model_labels(self, value: Any) -> list[str]:
+        """A non-empty list of this dataset's model labels."""
+        if not isinstance(value, list) or not value or not all(isinstance(model, str) for model in value):
+            raise ValueError(f"must be a non-empty list of model labels, got {value!r}")
+        unknown = [model for model in value if self.variants and model not in {*self.variants, *self.rejected}]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; models: {list(self.variants)}")
+        return value
 
     def check_attack(
         self, at: str, attack: str, registered: AttackEntry, budgets: list[float | None], settings: dict[str, Any]
@@ -562,10 +653,9 @@ class DatasetGrid:
                     raise ValueError(f"unknown model {model!r}; models: {list(self.variants)}")
         return sources
 
-    def detection_study(
-        self, section: Any, where: str
-    ) -> tuple[list[ConfiguredAttack], list[float | None], dict[str, Any]] | None:
-        """(attacks, budgets, callback settings) of a detection study; every attack runs at each budget."""
+    def detection_study(self, section: Any, where: str) -> DetectionStudy | None:
+        """(attacks, budgets, callback settings, models) of a detection study; every attack runs at each budget
+        on each of its ``models`` (default: every model of the dataset)."""
         study = self.log.check(where, section, mapping)
         if study is None:
             return None
@@ -576,7 +666,10 @@ class DatasetGrid:
             return None
         attacks = self.study_attacks(study, where, budgets, detection=True)
         settings = self.log.check(f"{where}.settings", study.get("settings"), mapping) or {}
-        return attacks, budgets, settings
+        models = study.get("models")
+        if models is not None:
+            models = self.log.check(f"{where}.models", models, self.model_labels)
+        return attacks, budgets, settings, tuple(models or ())
 
     def study_budgets(self, study: dict[str, Any], where: str) -> list[float | None] | None:
         """A study's budgets, None when it lists none."""
@@ -593,6 +686,37 @@ class DatasetGrid:
         if not attacks and len(self.log) == found:
             self.log.add(f"{where}.attacks", study.get("attacks"), "must list at least one attack")
         return attacks
+
+
+def adaptive_setting(value: Any) -> dict[str, Any] | None:
+    """An attack's ``adaptive`` entry: null, a method (``bpda``, ``eot``, ``bpda_eot``) or a mapping
+    ``{method: eot, draws: 10}``; as keyword arguments of ``attacks.adaptive.AdaptiveAttack``."""
+    if value is None:
+        return None
+    entry = {"method": value} if isinstance(value, str) else mapping(value)
+    unknown = sorted(set(entry) - ADAPTIVE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}; allowed: {sorted(ADAPTIVE_KEYS)}")
+    if entry.get("method") not in ADAPTIVE_METHODS:
+        raise ValueError(f"method must be one of {list(ADAPTIVE_METHODS)}, got {entry.get('method')!r}")
+    if "draws" in entry and "eot" not in entry["method"]:
+        raise ValueError(f"draws are EOT's; {entry['method']!r} takes none")
+    if "eot" in entry["method"]:
+        entry["draws"] = integer(entry.get("draws", EOT_DRAWS), 1)
+    return entry
+
+
+def defence_setting(value: Any) -> DefenceSetting:
+    """A model's ``defence``: a name in ``lightning_modules.DEFENCES``, or ``{name: jpeg, quality: 75}``;
+    the transform is built once here, so a bad name or setting is a problem of the config."""
+    from lightning_modules.defences import build_transform
+
+    entry = {"name": value} if isinstance(value, str) else mapping(value)
+    name = entry.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"must name a defence (name: jpeg, plus its settings), got {value!r}")
+    build_transform(name, **entry)
+    return DefenceSetting(name, tuple(sorted(entry.items())))
 
 
 def budget_settings(settings: Mapping[str, Any], budget: float | None, where: str) -> dict[str, Any]:

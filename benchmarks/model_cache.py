@@ -1,9 +1,13 @@
 """Trained models for benchmark cells: trained once per model spec, cached as a state dict keyed by the
-hash of its train config, overrides and seed, and loaded back with ``torch.load(weights_only=True)``."""
+hash of its train config, overrides and seed, and loaded back with ``torch.load(weights_only=True)``. A cache
+file that does not load (truncated, garbage, a pickle that is more than tensors, weights of another shape) is
+named, moved aside as ``<name>.corrupt-<time>`` and the model trained again, so one bad file blocks nothing."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +40,41 @@ def load_or_train(spec: ModelSpec, cache_dir: Path, trainer_args: Sequence[str] 
     """The module of ``spec``: loaded from the cache when present, else trained and cached (rank 0 writes,
     atomically, so a run killed while saving leaves no half-written checkpoint)."""
     path = checkpoint_path(spec, cache_dir)
-    cli = build_cli(spec.train_config, cache_dir / "logs", [*spec.args, *trainer_args])
+    args = [*spec.args, *trainer_args]
+    cli = build_cli(spec.train_config, cache_dir / "logs", args)
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cli.model.load_state_dict(state["state_dict"])
-        return TrainedModel(spec, cli.model, cli.datamodule, path, trained=False)
+        if loaded(path, cli.model):
+            return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=False)
+        cli = build_cli(spec.train_config, cache_dir / "logs", args)  # a fresh, seeded model: not half-loaded
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if cli.trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".partial-{os.getpid()}")
         torch.save({"state_dict": cli.model.state_dict(), "digest": spec.digest, "args": spec.args}, partial)
         os.replace(partial, path)
-    return TrainedModel(spec, cli.model, cli.datamodule, path, trained=True)
+    return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=True)
+
+
+def loaded(path: Path, model: pl.LightningModule) -> bool:
+    """Load the cached state dict at ``path`` into ``model``; when it does not load, say so, move the file aside
+    (:func:`quarantine`) and return False. ``weights_only`` still refuses anything but tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+    except Exception as error:  # RuntimeError, UnpicklingError, EOFError from torch; KeyError, TypeError from the dict
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        moved = quarantine(path)
+        print(f"model cache {path} does not load ({type(error).__name__}: {reason[:200]}); moved to {moved} and "
+              "training the model again", file=sys.stderr)
+        return False
+    return True
+
+
+def quarantine(path: Path) -> Path:
+    """Move ``path`` to ``<name>.corrupt-<UTC time>-<pid>`` beside it (another process may have moved it first)."""
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        pass
+    return target

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attacks.budgets import budget_text
+from benchmarks.analysis_figures import landscape_comparison, model_analysis
+from benchmarks.defence_report import defence_blocks
 from benchmarks.figures import (
     Image,
     budget_curves,
@@ -20,6 +22,7 @@ from benchmarks.figures import (
     quality_scatter,
     transfer_heatmap,
 )
+from benchmarks.fragility_figures import fragility_blocks
 from benchmarks.store import (
     CellRecord,
     Protected,
@@ -51,6 +54,10 @@ from benchmarks.tables import (
 
 ExamplesOf = Callable[[str], list[StoredExample]]
 Block = Table | Image
+DatasetFigures = Callable[[Sequence[CellRecord], ResultsStore], list[Image]]
+# Figures across a dataset's models, after their sections: append a function to add one.
+DATASET_FIGURES: list[DatasetFigures] = [lambda records, store: landscape_comparison(records, store.arrays)]
+EXAMPLE_LEGENDS = {"segmentation": "; green: predicted mask", "detection": "; yellow: detected boxes (score >= 0.5)"}
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;line-height:1.4;
 max-width:1200px;margin:0 auto;padding:1rem 2rem}
@@ -87,7 +94,10 @@ def write_report(store: ResultsStore, benchmark: str, output_dir: Path) -> tuple
         raise ValueError(f"benchmark {benchmark!r}: no cells in {store.path}")
     html_path, markdown_path, figure_dir = report_paths(output_dir, {"the results store": store.path})
     done = select(records, status="done")
-    sections = [overview_section(benchmark, records), *dataset_sections(done, store)]
+    fragility = fragility_blocks(done)  # benchmarks whose cells vary input size and network
+    sections = [overview_section(benchmark, records),
+                *([Section("Fragility: input size and model size", 2, fragility)] if fragility else []),
+                *dataset_sections(done, store)]
     title = f"MedAdvBench report: {benchmark}"
     write_text(html_path, render_html(title, sections))
     write_text(markdown_path, render_markdown(title, sections, figure_dir))
@@ -151,31 +161,36 @@ def dataset_sections(done: Sequence[CellRecord], store: ResultsStore) -> Iterato
         yield Section(f"{dataset} ({task})" if task else dataset, 2)
         for model in unique(r.model for r in attacked):
             yield model_section(model, select(attacked, model=model), store)
+        figures = [image for build in DATASET_FIGURES for image in build(of_dataset, store)]
+        if figures:
+            yield Section("Models compared", 3, figures)
         for section in (transfer_section(select(of_dataset, kind="transfer")),
-                        detection_section(select(of_dataset, kind="detection"))):
+                        detection_section(select(of_dataset, kind="detection")),
+                        Section("Defences", 3, defence_blocks(attacked))):
             if section.blocks:
                 yield section
 
 
 def model_section(model: str, records: Sequence[CellRecord], store: ResultsStore) -> Section:
     """One model's attack cells: the worst case over attacks (the headline), the tables, the budget curves,
-    quality and Var/Cos plots, then examples."""
+    quality and Var/Cos plots, the analysis views (landscape, attribution, t-SNE), then examples."""
     main = TASK_METRICS.get(task_of(records) or "", ())[:1]
     worst = worst_cases(records, store.sample_scores)
     plots = [budget_curves(records, [*main, "success_rate"], worst), minimal_norm_curves(records, store.sample_scores),
              quality_scatter(records), perturbation_bars(records)]
     headline = worst_case_table(worst, task_of(records))
     blocks = [*([headline] if headline else []), *model_tables(records), *(plot for plot in plots if plot),
-              *example_images(records, store.examples)]
+              *model_analysis(records, store.arrays), *example_images(records, store.examples)]
     return Section(f"Model {model}", 3, blocks)
 
 
 def example_images(records: Sequence[CellRecord], examples_of: ExamplesOf) -> list[Image]:
     """The stored examples of the first seed's cells, in grid order."""
     seed = min(r.seed for r in records)
+    legend = EXAMPLE_LEGENDS.get(task_of(records) or "", "")
     return [
         Image(f"{r.attack} at {budget_text(r.budget)}", example.png,
-              f"{example.caption} (clean | amplified perturbation | adversarial)", kind="example")
+              f"{example.caption} (clean | amplified perturbation | adversarial{legend})", kind="example")
         for r in in_grid_order(select(records, seed=seed))
         for example in examples_of(r.key)
     ]

@@ -5,18 +5,21 @@ SQLite database) and :func:`atomic_write` (a temporary file, then ``os.replace``
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a store; 0 is an older store made before the marker existed
+import numpy as np
+
+SCHEMA_VERSION = 2  # PRAGMA user_version of a store: 2 added leases and arrays; 0: a store from before the marker
 SQLITE_HEADER = b"SQLite format 3\x00"
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file, part of its data
 Protected = Mapping[str, Path | str | Sequence[Path | str]]  # what must not be overwritten, by description
@@ -55,6 +58,18 @@ CREATE TABLE IF NOT EXISTS examples (
     png BLOB NOT NULL,
     PRIMARY KEY (key, position)
 );
+CREATE TABLE IF NOT EXISTS arrays (
+    key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    npy BLOB NOT NULL,
+    PRIMARY KEY (key, name)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 CELL_COLUMNS = (
     "key", "benchmark", "config_hash", "kind", "dataset", "model", "attack", "budget", "seed", "status",
@@ -62,6 +77,8 @@ CELL_COLUMNS = (
 )
 JSON_COLUMNS = ("metrics", "settings", "versions")
 SampleScores = Mapping[str, Mapping[str, float]]  # stream ("clean", "adv") -> sample id -> score
+Arrays = Mapping[str, np.ndarray]  # a cell's analysis arrays by name ("landscape/losses"), stored as .npy
+Claim = Literal["claimed", "held", "done", "failed"]  # what ResultsStore.claim found
 
 
 @dataclass(frozen=True)
@@ -115,9 +132,14 @@ class ResultsStore:
     """SQLite results of one or more benchmarks. Every write is one transaction; WAL journaling and a
     busy timeout let several shard processes on one machine write to the same file."""
 
-    def __init__(self, path: Path | str, timeout: float = 120.0) -> None:
+    def __init__(self, path: Path | str, timeout: float = 120.0, checked: bool = False) -> None:
+        """Open (creating or migrating) the store at ``path``. ``checked``: this process has it open already
+        (a second connection, for another thread), so the file is not read outside SQLite: closing any other
+        descriptor of the file would end this process's SQLite locks on it (POSIX locks are per process), and
+        another process could then delete the write-ahead log under it."""
         self.path = Path(path)
-        check_store_file(self.path)
+        if not checked:
+            check_store_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -170,12 +192,55 @@ class ResultsStore:
             cursor.execute("DELETE FROM cells WHERE key = ?", (cell.key,))
             _insert(cursor, cell)
 
+    def claim(self, cell: CellRecord, worker: str, seconds: float, since: float, stale: Callable[[str], bool]) -> Claim:
+        """Take ``cell`` (a running record) for ``worker`` with a lease of ``seconds``, in one transaction:
+        ``"done"`` if it is done under its config hash, ``"failed"`` if it failed at or after ``since`` (another
+        worker tried it in this round), ``"held"`` if another worker's lease is live (unexpired and not
+        ``stale(worker)``), else ``"claimed"``: the lease is written and the cell recorded as running."""
+        with self.transaction() as cursor:
+            row = cursor.execute("SELECT status, config_hash, finished_at FROM cells WHERE key = ?", (cell.key,))
+            stored = row.fetchone()
+            if stored and stored["config_hash"] == cell.config_hash:
+                if stored["status"] == "done":
+                    return "done"
+                if stored["status"] == "failed" and (stored["finished_at"] or 0) >= since:
+                    return "failed"
+            lease = cursor.execute("SELECT worker, expires_at FROM leases WHERE key = ?", (cell.key,)).fetchone()
+            if lease and lease["worker"] != worker and lease["expires_at"] > now() and not stale(lease["worker"]):
+                return "held"
+            moment = now()
+            cursor.execute("INSERT OR REPLACE INTO leases (key, worker, heartbeat_at, expires_at) VALUES (?, ?, ?, ?)",
+                           (cell.key, worker, moment, moment + seconds))
+            cursor.execute("DELETE FROM cells WHERE key = ?", (cell.key,))
+            _insert(cursor, cell)
+        return "claimed"
+
+    def renew(self, worker: str, seconds: float) -> int:
+        """Extend every lease of ``worker`` to ``seconds`` from now (its heartbeat); how many it holds."""
+        moment = now()
+        with self.transaction() as cursor:
+            return cursor.execute("UPDATE leases SET heartbeat_at = ?, expires_at = ? WHERE worker = ?",
+                                  (moment, moment + seconds, worker)).rowcount
+
+    def release(self, key: str, worker: str) -> None:
+        """Give up an unfinished cell: drop ``worker``'s lease and the cell's running row, so any worker (or a
+        rerun) takes it at once."""
+        with self.transaction() as cursor:
+            cursor.execute("DELETE FROM leases WHERE key = ? AND worker = ?", (key, worker))
+            cursor.execute("DELETE FROM cells WHERE key = ? AND status = 'running'", (key,))
+
+    def leases(self) -> dict[str, str]:
+        """The worker holding each leased cell, by key (expired leases included)."""
+        return {row["key"]: row["worker"] for row in self.connection.execute("SELECT key, worker FROM leases")}
+
     def finish(
-        self, cell: CellRecord, examples: Sequence[tuple[str, bytes]] = (), samples: SampleScores | None = None
+        self, cell: CellRecord, examples: Sequence[tuple[str, bytes]] = (), samples: SampleScores | None = None,
+        arrays: Arrays | None = None,
     ) -> None:
-        """Record a cell as done or failed, with its examples and per-sample scores (``{stream: {sample id:
-        score}}``, streams ``clean`` and ``adv``), in one transaction. A failure recorded over a failed row
-        keeps the earlier error first (several ranks of one run report one cell)."""
+        """Record a cell as done or failed, with its examples, per-sample scores (``{stream: {sample id:
+        score}}``, streams ``clean`` and ``adv``) and analysis arrays (``{name: array}``), in one transaction.
+        A failure recorded over a failed row keeps the earlier error first (several ranks of one run report
+        one cell)."""
         with self.transaction() as cursor:
             if cell.status == "failed":
                 row = cursor.execute("SELECT error FROM cells WHERE key = ? AND status = 'failed'", (cell.key,))
@@ -183,6 +248,7 @@ class ResultsStore:
                 if earlier:
                     cell = replace(cell, error=f"{earlier['error']}\n{cell.error}")
             cursor.execute("DELETE FROM cells WHERE key = ?", (cell.key,))
+            cursor.execute("DELETE FROM leases WHERE key = ?", (cell.key,))  # finished: no one need take it
             _insert(cursor, cell)
             cursor.executemany(
                 "INSERT INTO examples (key, position, caption, png) VALUES (?, ?, ?, ?)",
@@ -193,6 +259,8 @@ class ResultsStore:
                 [(cell.key, stream, sample, score) for stream, scores in (samples or {}).items()
                  for sample, score in scores.items()],
             )
+            cursor.executemany("INSERT INTO arrays (key, name, npy) VALUES (?, ?, ?)",
+                               [(cell.key, name, npy_bytes(array)) for name, array in (arrays or {}).items()])
 
     def records(self, benchmark: str | None = None, status: str | None = "done") -> list[CellRecord]:
         """Stored cells in key order, optionally of one benchmark and one status (None: any)."""
@@ -210,6 +278,11 @@ class ResultsStore:
             "SELECT key, position, caption, png FROM examples WHERE key = ? ORDER BY position", (key,)
         )
         return [StoredExample(row["key"], row["position"], row["caption"], bytes(row["png"])) for row in rows]
+
+    def arrays(self, key: str) -> dict[str, np.ndarray]:
+        """``{name: array}``: the analysis arrays of one cell (empty for cells stored without them)."""
+        rows = self.connection.execute("SELECT name, npy FROM arrays WHERE key = ? ORDER BY name", (key,))
+        return {row["name"]: np.load(io.BytesIO(row["npy"]), allow_pickle=False) for row in rows}
 
     def sample_scores(self, key: str) -> SampleScores:
         """``{stream: {sample id: score}}`` of one cell (empty for cells stored without them)."""
@@ -236,7 +309,7 @@ class ResultsStore:
                     if self._newer_or_equal(record):
                         continue
                     examples = [(e.caption, e.png) for e in other.examples(record.key)]
-                    self.finish(record, examples, other.sample_scores(record.key))
+                    self.finish(record, examples, other.sample_scores(record.key), other.arrays(record.key))
                     copied += 1
         return copied
 
@@ -245,6 +318,13 @@ class ResultsStore:
             "SELECT finished_at FROM cells WHERE key = ? AND status = 'done'", (record.key,)
         ).fetchone()
         return row is not None and (row["finished_at"] or 0) >= (record.finished_at or 0)
+
+
+def npy_bytes(array: Any) -> bytes:
+    """An array (or anything ``np.asarray`` takes) in NumPy's ``.npy`` format, without pickled objects."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def check_store_file(path: Path) -> None:
@@ -262,14 +342,15 @@ def check_store_file(path: Path) -> None:
 
 def check_schema(path: Path, connection: sqlite3.Connection) -> int:
     """The schema version of the open database; ValueError naming ``path`` unless it is empty, a store of this
-    version, or an older store without the version marker that has the ``cells`` table. Reads only."""
+    or an older version (0: without the version marker) that has the ``cells`` table. Reads only; opening the
+    store then migrates an older one (the tables it lacks are created, the marker set)."""
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         columns = {row[1] for row in connection.execute("PRAGMA table_info(cells)")}
     except sqlite3.DatabaseError as error:
         raise ValueError(f"results store {path} is not a readable SQLite database ({error})") from error
-    if version not in (0, SCHEMA_VERSION):
+    if not 0 <= version <= SCHEMA_VERSION:
         raise ValueError(f"results store {path} has schema version {version}; this medadv reads version "
                          f"{SCHEMA_VERSION} (a newer medadv wrote it, or it is not a results store)")
     if tables and "cells" not in tables:
@@ -281,7 +362,8 @@ def check_schema(path: Path, connection: sqlite3.Connection) -> int:
 
 
 def is_sqlite(path: Path) -> bool:
-    """Whether ``path`` is a file that starts with SQLite's header."""
+    """Whether ``path`` is a file that starts with SQLite's header. Reads the file outside SQLite: never call
+    it on a store this process has open (see ``ResultsStore(checked=True)``)."""
     try:
         with path.open("rb") as file:
             return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER

@@ -43,6 +43,25 @@ PERTURBATION_COLUMNS = (
     ("adv/var", "Var"), ("adv/cos_positive", "Cos > 0"), ("adv/cos_mean", "mean Cos"), ("adv/linf", "Linf"),
     ("adv/l2", "L2"), ("adv/queries", "queries"), ("adv/seconds_per_image", "s / image"),
 )
+# Each task's scores under attack side by side (item 10 of the segmentation/detection issue): segmentation
+# overlap, boundary distance and overlap by structure size; detection precision and the effects on the objects.
+TASK_COLUMNS = {
+    "segmentation": (
+        ("jaccard", "Jaccard"), ("dice", "Dice"), ("hd95", "HD95 (px)"), ("pixel_accuracy", "pixel accuracy"),
+        ("jaccard_small", "Jaccard small"), ("jaccard_medium", "Jaccard medium"), ("jaccard_large", "Jaccard large"),
+    ),
+    "detection": (
+        ("map", "mAP"), ("map_50", "mAP@0.5"), ("disappearance_rate", "disappeared"),
+        ("hallucinations_per_image", "hallucinations / image"), ("misclassification_rate", "mislabelled"),
+        ("true_positive_rate", "TP rate"),
+    ),
+}
+TASK_NOTES = {
+    "segmentation": "HD95: 95th-percentile Hausdorff distance in pixels. small / medium / large: the images in each "
+    "tercile of ground-truth foreground area (docs/metrics.md).",
+    "detection": "disappeared, mislabelled, TP rate: shares of the ground-truth objects (IoU >= 0.5, score > 0.5); "
+    "hallucinations: detections overlapping no object, per image (docs/metrics.md).",
+}
 DETECTOR_TITLES = {name: spec.title for name, spec in DETECTORS.items()}
 PAIR_SPLITS = {"advtrain": "AdvTrain pairs", "advtest": "AdvTest pairs"}
 MISSING = "–"
@@ -182,13 +201,18 @@ def budget_table(records: Sequence[CellRecord], metric: str, clean: bool) -> Tab
 
 
 def attack_budget_table(
-    records: Sequence[CellRecord], title: str, columns: Sequence[tuple[str, str]], note: str = ""
+    records: Sequence[CellRecord], title: str, columns: Sequence[tuple[str, str]], note: str = "",
+    clean: bool = False,
 ) -> Table | None:
-    """One row per attack and budget, one column per ``(metric key, header)`` that any record holds."""
+    """One row per attack and budget, one column per ``(metric key, header)`` that any record holds; first a
+    ``clean`` row of the ``clean/`` values of the ``adv/`` keys when asked."""
     columns = [(key, header) for key, header in columns if any(key in r.metrics for r in records)]
     if not columns:
         return None
-    rows = [
+    one_per_seed = list({r.seed: r for r in records}.values())  # the clean values are the seed's, in every cell
+    clean_keys = [key.replace("adv/", "clean/", 1) for key, _ in columns]
+    rows = [("clean", MISSING, *(summarize(one_per_seed, key) for key in clean_keys))] if clean else []
+    rows += [
         (attack, budget_text(budget), *(summarize(select(records, attack=attack, budget=budget), key)
                                         for key, _ in columns))
         for attack, budget in unique((r.attack, r.budget) for r in in_grid_order(records))
@@ -209,10 +233,19 @@ def perturbation_table(records: Sequence[CellRecord]) -> Table | None:
     return attack_budget_table(records, "Perturbation Var/Cos, norms and cost", PERTURBATION_COLUMNS, note)
 
 
+def task_table(records: Sequence[CellRecord]) -> Table | None:
+    """A segmentation or detection model's scores clean and under each attack and budget (``TASK_COLUMNS``)."""
+    task = task_of(records) or ""
+    if task not in TASK_COLUMNS:
+        return None
+    columns = [(f"adv/{metric}", header) for metric, header in TASK_COLUMNS[task]]
+    return attack_budget_table(records, f"{task.capitalize()} under attack", columns, TASK_NOTES[task], clean=True)
+
+
 def model_tables(records: Sequence[CellRecord]) -> list[Table]:
     """Every table of one model's attack cells: task metrics, success rates, quality, perturbations."""
     metrics = TASK_METRICS.get(task_of(records) or "", ())
-    tables = [budget_table(records, metric, clean=True) for metric in metrics]
+    tables = [task_table(records), *(budget_table(records, metric, clean=True) for metric in metrics)]
     tables += [budget_table(records, metric, clean=False) for metric in ("success_rate", "targeted_success_rate")]
     tables += [checks_table(records), quality_table(records), perturbation_table(records), settings_table(records)]
     return [table for table in tables if table is not None]

@@ -17,6 +17,7 @@ from benchmarks.grid import Benchmark, Cell, ModelSpec, read_benchmark
 from benchmarks.problems import ConfigError, Problem
 
 ROLES = ("model", "data")
+DEFENDED_TASKS = ("classification", "segmentation")  # the task modules with a ``normalize`` step
 
 
 def timm_model_exists(name: str) -> bool:
@@ -153,6 +154,7 @@ class ModelCheck:
             return self.found
         module_class = import_class(model.class_path)
         model_args = init_arguments(model)
+        self.check_defence(module_class)
         contract = contract_of(module_class)
         if contract is not None:
             self.check_network(contract, model_args)
@@ -160,6 +162,14 @@ class ModelCheck:
         if datamodule is not None:
             self.check_agreement(module_class, contract, model_args, datamodule, data.class_path)
         return self.found
+
+    def check_defence(self, module_class: type) -> None:
+        """A ``defence`` goes in front of the module's ``normalize`` step, which detectors lack."""
+        defence = self.spec.defence
+        if defence is not None and getattr(module_class, "task", None) not in DEFENDED_TASKS:
+            key = f"datasets.{self.spec.dataset}.models.{self.spec.label}.defence"
+            message = f"input defences wrap classifiers and segmenters, not {module_class.__name__}"
+            self.found.append(Problem(str(self.benchmark), key, defence.as_dict(), message))
 
     def check_network(self, contract: ModelContract, model_args: Mapping[str, Any]) -> None:
         name = model_args.get(contract.network)

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "AdversarialAnalysis": "callbacks.analysis",
     "AdversarialEvaluation": "callbacks.attack_eval",
     "AttackSpec": "callbacks.attack_eval",
     "AttackBatchSizes": "callbacks.batch_size",

@@ -1,20 +1,20 @@
 """Adversarial-example detection inside ``trainer.test`` (Ma et al. 2020, Sec. 5): every test batch is
 attacked, detection features of the clean and adversarial images are collected, and after the epoch the
-KD, LID, DFeat and QFeat detectors are fitted on AdvTrain and scored on AdvTest (Tables 4 and 5)."""
+KD, LID, DFeat and QFeat detectors are fitted on AdvTrain and scored on AdvTest (Tables 4 and 5); with
+``adaptive_weight``, also against detector-aware attacks (``callbacks.adaptive_detection``)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from attacks.base import Attack, check_positive, check_steps, frozen_model
+from attacks.base import Attack, check_positive, check_steps
+from callbacks.adaptive_detection import DetectorAwareAttacks, SeenImages
 from callbacks.detector_features import (
     DEFAULT_K,
     DEFAULT_LEVELS,
@@ -24,66 +24,30 @@ from callbacks.detector_features import (
     DETECTORS,
     DetectionReport,
     DetectionSamples,
+    FittedDetectors,
     MinibatchLID,
     advtrain_keys,
     check_detectors,
     check_lid_settings,
-    evaluate_detectors,
-    kernel_density,
+    detection_report,
+    fit_detectors,
 )
+from callbacks.detector_views import PairCollector, TrainFeatures, detection_features, model_views
 from callbacks.distributed import gather_objects
 from callbacks.fit_data import fit_dataloader
 
 DEFAULT_MAX_TRAIN_SAMPLES = 2000
 
 
-@dataclass
-class ModelViews:
-    """What the detectors read from a model for a batch of images: logits, penultimate features and the
-    LID layers (the hooked submodule outputs, then the features, then the logits)."""
-
-    logits: Tensor
-    features: Tensor
-    layers: list[Tensor]
-
-    def select(self, rows: Tensor) -> ModelViews:
-        return ModelViews(self.logits[rows], self.features[rows], [layer[rows] for layer in self.layers])
-
-
-@contextlib.contextmanager
-def captured_outputs(module: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """The latest output of each named submodule of ``module`` while the context is open."""
-    outputs: dict[str, Tensor] = {}
-
-    def keep(name: str):
-        def hook(_: nn.Module, __: Any, output: Any) -> None:
-            outputs[name] = output[0] if isinstance(output, (tuple, list)) else output
-        return hook
-
-    handles = [module.get_submodule(name).register_forward_hook(keep(name)) for name in names]
-    try:
-        yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def model_views(pl_module: pl.LightningModule, images: Tensor, layer_names: Sequence[str] = ()) -> ModelViews:
-    """Logits, ``pl_module.features`` and the named layers' outputs, in eval mode without gradients."""
-    with frozen_model(pl_module), torch.no_grad():
-        features = pl_module.features(images)
-        with captured_outputs(pl_module, layer_names) as outputs:
-            logits = pl_module(images)
-    layers = [outputs[name].flatten(1) for name in layer_names] + [features, logits]
-    return ModelViews(logits, features, layers)
-
-
 def detection_metrics(report: DetectionReport) -> dict[str, float]:
-    """Logged names: ``detect/{attack}/{detector}/auc``, ``detect/{attack}/pairs/{advtrain,advtest}`` and
-    ``detect/transfer/{source}->{target}/{detector}/auc``."""
+    """Logged names: ``detect/{attack}/{detector}/auc``, ``detect/{attack}/{detector}/tpr_at_5fpr``,
+    ``detect/{attack}/pairs/{split}`` and ``detect/transfer/{source}->{target}/{detector}/auc``."""
     metrics = {
         f"detect/{attack}/{name}/auc": auc for attack, row in report.auc.items() for name, auc in row.items()
     }
+    metrics.update({
+        f"detect/{attack}/{name}/tpr_at_5fpr": tpr for attack, row in report.tpr.items() for name, tpr in row.items()
+    })
     metrics.update({
         f"detect/{attack}/pairs/{split}": float(count)
         for attack, counts in report.pairs.items()
@@ -108,38 +72,13 @@ def within_quota(labels: Tensor, taken: Tensor, quota: int) -> Tensor:
     return keep
 
 
-class PairCollector:
-    """The kept (clean, adversarial) pairs of one attack on this rank, on the CPU."""
-
-    def __init__(self, lid: MinibatchLID | None) -> None:
-        self.keys: list[str] = []
-        self.clean: dict[str, list[Tensor]] = defaultdict(list)
-        self.adversarial: dict[str, list[Tensor]] = defaultdict(list)
-        self.lid = lid
-
-    def add(self, keys: list[str], clean: dict[str, Tensor], adversarial: dict[str, Tensor],
-            clean_layers: list[Tensor], adversarial_layers: list[Tensor]) -> None:
-        self.keys += keys
-        for name in clean:
-            self.clean[name].append(clean[name].detach().double().cpu())
-            self.adversarial[name].append(adversarial[name].detach().double().cpu())
-        if self.lid is not None:
-            self.lid.add(clean_layers, adversarial_layers)
-
-    def samples(self) -> DetectionSamples:
-        clean = {name: torch.cat(parts).numpy() for name, parts in self.clean.items()}
-        adversarial = {name: torch.cat(parts).numpy() for name, parts in self.adversarial.items()}
-        if self.lid is not None:
-            clean["lid"], adversarial["lid"] = (lids.numpy() for lids in self.lid.finish())
-        return DetectionSamples(list(self.keys), clean, adversarial)
-
-
 class AdversarialDetectionEvaluation(pl.Callback):
     """Detectability of ``attacks`` during ``trainer.test`` of a classifier (Ma et al. 2020, Sec. 5).
 
     Needs ``pl_module(images)`` (logits), ``pl_module.features(images)`` (penultimate features) and
     ``pl_module.objective()``. AUCs land in ``self.results`` and are logged (``detection_metrics``); the
-    protocol and its choices are in docs/adversarial_detection.md.
+    protocol and its choices are in docs/adversarial_detection.md. ``adaptive_weight`` (lambda) and
+    ``adaptive_kappa`` add each attack made aware of each detector (Carlini & Wagner 2017), in one process.
     """
 
     def __init__(
@@ -155,6 +94,8 @@ class AdversarialDetectionEvaluation(pl.Callback):
         successful_only: bool = True,
         transfer_sources: Sequence[str] | None = None,
         quantisation_levels: int = DEFAULT_LEVELS,
+        adaptive_weight: float | None = None,
+        adaptive_kappa: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -182,6 +123,11 @@ class AdversarialDetectionEvaluation(pl.Callback):
         self.successful_only = bool(successful_only)
         self.transfer_sources = sources
         self.quantisation_levels = int(quantisation_levels)
+        if adaptive_weight is not None:
+            check_positive("adaptive_weight", adaptive_weight, allow_zero=False)
+        check_positive("adaptive_kappa", adaptive_kappa)
+        self.adaptive_weight = adaptive_weight
+        self.adaptive_kappa = float(adaptive_kappa)
         self.seed = seed
         self.results: dict[str, Any] = {}
         self._reset()
@@ -189,7 +135,8 @@ class AdversarialDetectionEvaluation(pl.Callback):
     def _reset(self) -> None:
         self._collectors: dict[str, PairCollector] = {}
         self._seen: set[str] = set()
-        self._train: tuple[Tensor, Tensor] | None = None
+        self._train: TrainFeatures | None = None
+        self._tested: list[SeenImages] = []
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module_name = type(pl_module).__name__
@@ -201,6 +148,8 @@ class AdversarialDetectionEvaluation(pl.Callback):
                 pl_module.get_submodule(name)
             except AttributeError as error:
                 raise ValueError(f"lid_layers: {name!r} is not a submodule of {module_name}") from error
+        if self.adaptive_weight is not None and trainer.world_size > 1:
+            raise ValueError("adaptive_weight: the detector-aware attacks run in one process; use devices=1")
         self._reset()
         self.results = {}
         use_lid = "lid" in self.detectors
@@ -211,7 +160,7 @@ class AdversarialDetectionEvaluation(pl.Callback):
         if "kd" in self.detectors:
             self._train = self._training_features(trainer, pl_module)
 
-    def _training_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
+    def _training_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> TrainFeatures:
         """Penultimate features and labels of training images for KD: up to ``max_train_samples`` split
         evenly over the classes, so class-sorted training sets still give every class its density."""
         loader = fit_dataloader(trainer.datamodule, "detector 'kd'")
@@ -237,13 +186,6 @@ class AdversarialDetectionEvaluation(pl.Callback):
             raise ValueError(f"the training split has no image of class(es) {missing} for KD; leave 'kd' out")
         return torch.cat(features), torch.cat(labels)
 
-    def _detection_features(self, views: ModelViews) -> dict[str, Tensor]:
-        features = {"deep": views.features}
-        if self._train is not None:
-            predicted = views.logits.argmax(dim=1)
-            features["kd"] = kernel_density(views.features, *self._train, predicted, self.sigma).unsqueeze(1)
-        return features
-
     def on_test_batch_end(
         self,
         trainer: pl.Trainer,
@@ -259,6 +201,8 @@ class AdversarialDetectionEvaluation(pl.Callback):
             ids = batch.get("id") or [f"{trainer.global_rank}/{batch_idx}/{i}" for i in range(len(images))]
             keys = [f"{dataloader_idx}/{sample_id}" for sample_id in ids]
             self._seen.update(keys)
+            if self.adaptive_weight is not None:
+                self._tested.append(SeenImages(images.detach().cpu(), target.cpu(), keys))
             clean = model_views(pl_module, images, self.lid_layers)
             correct = clean.logits.argmax(dim=1) == target
             objective = pl_module.objective()
@@ -271,8 +215,8 @@ class AdversarialDetectionEvaluation(pl.Callback):
                 kept_clean, kept_adversarial = clean.select(rows), adversarial.select(rows)
                 self._collectors[name].add(
                     [keys[i] for i in rows.tolist()],
-                    self._detection_features(kept_clean),
-                    self._detection_features(kept_adversarial),
+                    detection_features(kept_clean, self._train, self.sigma),
+                    detection_features(kept_adversarial, self._train, self.sigma),
                     kept_clean.layers,
                     kept_adversarial.layers,
                 )
@@ -285,16 +229,32 @@ class AdversarialDetectionEvaluation(pl.Callback):
             per_rank = [part[0] for part in gathered]
             merged = {name: DetectionSamples.merge(rank[name] for rank in per_rank) for name in self.attacks}
             seen = (key for part in gathered for key in part[1])
-            report = evaluate_detectors(
-                merged,
-                advtrain_keys(seen, self.train_fraction, self.seed),
-                self.detectors,
-                self.transfer_sources,
-                self.seed,
-                self.quantisation_levels,
-            )
+            train_keys = advtrain_keys(seen, self.train_fraction, self.seed)
+            fitted = fit_detectors(merged, train_keys, self.detectors, self.seed, self.quantisation_levels)
+            report = detection_report(fitted, self.transfer_sources)
+            if self.adaptive_weight is not None:
+                with torch.inference_mode(False), torch.enable_grad():
+                    self._add_adaptive_rows(report, pl_module, fitted, train_keys)
         report = trainer.strategy.broadcast(report, src=0)
         self._reset()
         self.results = asdict(report)
         for name, value in detection_metrics(report).items():
             pl_module.log(name, value, sync_dist=True)
+
+    def _add_adaptive_rows(
+        self, report: DetectionReport, pl_module: pl.LightningModule, fitted: FittedDetectors, train_keys: set[str]
+    ) -> None:
+        """Rows ``{attack}-adaptive``: each detector against the attack made aware of it, on AdvTest."""
+        tested = SeenImages(
+            torch.cat([part.images for part in self._tested]),
+            torch.cat([part.target for part in self._tested]),
+            [key for part in self._tested for key in part.keys],
+        )
+        advtest = tested.select(set(tested.keys) - train_keys)
+        runs = DetectorAwareAttacks(self._train, self.sigma, self.k, self.lid_batch_size, self.lid_layers,
+                                    self.adaptive_weight, self.adaptive_kappa, self.successful_only)
+        auc, tpr, pairs = runs.run(pl_module, self.attacks, fitted, advtest, runs.reference(pl_module, tested),
+                                   self.detectors)
+        report.auc |= auc
+        report.tpr |= tpr
+        report.pairs |= pairs

@@ -10,18 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackResult, frozen_model, plain_setting
+from attacks.base import Attack, frozen_model, plain_setting
 from attacks.budgets import MINIMAL, budget_label
 from attacks.precision import check_precision
 from callbacks.batch_size import AttackBatchSizes, attack_in_chunks, check_attack_batch_size
-from callbacks.bootstrap import BootstrapIntervals, mean_parts, sample_keys
+from callbacks.bootstrap import BootstrapIntervals, Parts, mean_parts, sample_keys
 from callbacks.checks import CellSummary, LossEvidence, ModelEvidence, cross_checks, verdicts
 from callbacks.distributed import gather_objects
 from callbacks.examples import Example, examples_of
@@ -29,10 +30,14 @@ from callbacks.fit_data import fit_dataloader
 from callbacks.metrics import PERTURBATION_MEANS, PerturbationStatistics, perturbation_parts
 from callbacks.model_state import ModuleState
 from callbacks.quality import AdversarialImageQuality, BRISQUEScore
+from callbacks.robust_accuracy import RowsAttacked, attack_rows, correct_rows, stopping_early
 from callbacks.speed import channels_last_images, channels_last_wanted, check_flag, evaluation_objective
-from callbacks.task_scores import TaskScores, task_scores
-from callbacks.wandb_logging import log_examples, log_run_config, wandb_loggers
+from callbacks.task_scores import ClassificationTaskScores, TaskScores, task_scores
+from callbacks.wandb_logging import log_analysis, log_examples, log_run_config, wandb_loggers
 from callbacks.worst_case import worst_case_metrics
+
+if TYPE_CHECKING:
+    from callbacks.analysis import AdversarialAnalysis
 
 AttackFactory = Callable[[float | None], Attack]
 
@@ -111,6 +116,12 @@ def unbounded(attack: Attack, key: str) -> bool:
     return budget == MINIMAL or (settings.get("norm", "linf") == "linf" and float(settings.get("eps", 0.0)) >= 1)
 
 
+@rank_zero_only
+def report(line: str) -> None:
+    """A progress line of a long step (a universal perturbation's fit), printed by rank 0."""
+    print(line, flush=True)
+
+
 def detached_batch(batch: Mapping[str, Any]) -> tuple[Tensor, Any]:
     """Images and target as ordinary tensors (clones), usable by autograd even if made in inference mode."""
     def clone(value: Any) -> Any:
@@ -141,6 +152,14 @@ class AdversarialEvaluation(pl.Callback):
     for conv nets on CUDA) converts the module and the images, and the module's formats are restored after
     the test; ``compile`` runs the forward through torch.compile; ``attack_batch_size`` attacks each batch
     in chunks of that size, or of the largest size that fits in GPU memory ("auto").
+
+    ``robust_accuracy_only`` (classification; ignored for other tasks): each attack runs only on the samples
+    classified correctly when clean, rebuilt with ``early_stop`` where it takes it, so it stops a sample once
+    fooled; the others count as non-robust (docs/metrics.md, "Robust-accuracy mode"). Accuracy and success rate
+    keep their definitions; perturbation, quality and cost are then means over the attacked samples.
+
+    ``analysis`` (``callbacks.analysis.AdversarialAnalysis``) gets each attack's first batch on rank 0 and adds
+    its metrics (landscape sharpness, attribution shift) to the results.
     """
 
     def __init__(
@@ -153,11 +172,17 @@ class AdversarialEvaluation(pl.Callback):
         channels_last: bool | None = None,
         compile: bool = False,
         attack_batch_size: int | str | AttackBatchSizes | None = None,
+        robust_accuracy_only: bool = False,
+        analysis: AdversarialAnalysis | None = None,
     ) -> None:
         super().__init__()
+        self.analysis = analysis
         self.precision = check_precision(precision)
         check_flag("channels_last", channels_last, allow_none=True)
         check_flag("compile", compile)
+        check_flag("robust_accuracy_only", robust_accuracy_only)
+        self.robust_accuracy_only = robust_accuracy_only
+        self.attacking_correct = False
         self.channels_last = channels_last
         self.compile = compile
         self.attack_batch_size = check_attack_batch_size(attack_batch_size)
@@ -186,6 +211,10 @@ class AdversarialEvaluation(pl.Callback):
             {"clean": task_scores(pl_module, attacked=False)}
             | {metric_slot(key): task_scores(pl_module) for key in self.attacks}
         ).to(pl_module.device)
+        classifying = isinstance(self.scores["clean"], ClassificationTaskScores)
+        self.attacking_correct = self.robust_accuracy_only and classifying
+        if self.attacking_correct:
+            self.attacks = {key: stopping_early(attack) for key, attack in self.attacks.items()}
         self.perturbation = nn.ModuleDict(
             {metric_slot(key): PerturbationStatistics() for key in self.attacks}
         ).to(pl_module.device)
@@ -200,6 +229,8 @@ class AdversarialEvaluation(pl.Callback):
             | {metric_slot(key): BootstrapIntervals(attacked_means) for key in self.attacks}
         ).to(pl_module.device)
         self.sample_scores = {}
+        if self.analysis is not None:
+            self.analysis.reset()
         self.model_evidence = ModelEvidence().to(pl_module.device)
         self.loss_evidence = nn.ModuleDict({metric_slot(key): LossEvidence() for key in self.attacks}).to(
             pl_module.device
@@ -215,7 +246,7 @@ class AdversarialEvaluation(pl.Callback):
         loader = fit_dataloader(trainer.datamodule, "universal attacks")
         with torch.inference_mode(False), torch.enable_grad():
             for attack in fittable:
-                attack.fit(self.objective, loader)
+                attack.fit(self.objective, loader, progress=report)
 
     def on_test_batch_end(
         self,
@@ -242,33 +273,33 @@ class AdversarialEvaluation(pl.Callback):
                 self.clean_brisque.update(images)
             with frozen_model(objective.model):
                 self.model_evidence.update(objective, images, target, clean_outputs)
+            rows = correct_rows(objective.predict(clean_outputs), target) if self.attacking_correct else None
             for key, attack in self.attacks.items():
                 size = self.chunk_size(attack, objective, images, target, batch["id"])
+                run = partial(attack_in_chunks, attack, objective, size=size)
                 start = time.perf_counter()
-                result: AttackResult = attack_in_chunks(attack, objective, images, target, batch["id"], size)
+                attacked = attack_rows(run, images, target, batch["id"], rows)
                 seconds = time.perf_counter() - start
                 with torch.no_grad():
-                    adv_outputs = objective.forward(result.adv_images)
+                    adv_outputs = attacked.outputs(objective.forward, clean_outputs)
                 slot = metric_slot(key)
                 scores: TaskScores = self.scores[slot]
                 scores.update_scores(objective, adv_outputs, target)
-                scores.update_success(objective, clean_outputs, adv_outputs, target, result.extras.get("goal"))
+                scores.update_success(objective, clean_outputs, adv_outputs, target, attacked.extra("goal"))
                 self.keep_sample_scores(key, scores.per_sample(objective, adv_outputs, target), batch["id"])
-                self.keep_sample_scores(norms_key(key), result.extras.get("norms"), batch["id"])
-                self.perturbation[slot].update(result.perturbation(images), result.trace, seconds)
-                quality = self.quality[slot].update(result.adv_images, images)
+                self.keep_sample_scores(norms_key(key), attacked.extra("norms"), batch["id"])
                 self.intervals[slot].update(
                     keys,
                     scores.per_image_parts(objective, adv_outputs, target)
-                    | perturbation_parts(result.perturbation(images), result.trace)
-                    | {name: mean_parts(values) for name, values in quality.items()},
+                    | self.update_perturbation(slot, attacked, images, seconds),
                 )
-                self.loss_evidence[slot].update(result.trace)
                 if batch_idx == 0 and trainer.is_global_zero:
                     self.example_rows += examples_of(
-                        key, batch["id"], images, result.adv_images, target,
+                        key, batch["id"], images, attacked.adv_images, target,
                         objective.predict(clean_outputs), objective.predict(adv_outputs), self.examples,
                     )
+                    if self.analysis is not None:
+                        self.analysis.observe(key, pl_module, images, target, attacked.adv_images)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         clean_values = self.scores["clean"].compute_scores() | self.intervals["clean"].compute()
@@ -283,6 +314,7 @@ class AdversarialEvaluation(pl.Callback):
             values |= self.perturbation[slot].compute()
             values |= self.quality[slot].compute()
             values |= self.intervals[slot].compute()
+            values |= getattr(attack, "fit_summary", {})
             self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
             evidence = model_evidence | self.loss_evidence[slot].compute()
             if unbounded(attack, key):
@@ -294,6 +326,7 @@ class AdversarialEvaluation(pl.Callback):
             binary = clean.per_sample_metric == "accuracy"
             self.results |= worst_case_metrics(self.attacks, self.sample_scores, clean.per_sample_metric, binary)
         self.results |= minimal_norm_metrics(self.attacks, self.sample_scores)
+        self.results |= self.analysis.metrics() if self.analysis is not None else {}
         for name, value in self.results.items():
             pl_module.log(name, value, rank_zero_only=True)
         self.checks = self.check_verdicts()
@@ -311,6 +344,8 @@ class AdversarialEvaluation(pl.Callback):
                 config = {"attacks": self.settings(), "evaluation": self.evaluation_settings(), "checks": self.checks}
                 log_run_config(logger, config)
                 log_examples(logger, self.example_rows)
+                if self.analysis is not None:
+                    log_analysis(logger, self.analysis)
         self.last_examples, self.example_rows = self.example_rows, []
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -325,6 +360,22 @@ class AdversarialEvaluation(pl.Callback):
         if self.borrowed is not None:
             self.borrowed.restore(pl_module)
             self.borrowed = None
+
+    def update_perturbation(self, slot: str, attacked: RowsAttacked, images: Tensor, seconds: float) -> Parts:
+        """Add the attacked rows' perturbation statistics, image quality and loss evidence; return their per-image
+        parts over the whole batch (NaN for the rows not attacked)."""
+        result = attacked.result
+        if result is None:
+            empty = torch.empty(0, device=images.device)
+            names = (*PERTURBATION_MEANS, *self.quality[slot].names)
+            return attacked.spread({name: (empty, empty) for name in names}, images.device)
+        clean = attacked.clean(images)
+        perturbation = result.perturbation(clean)
+        self.perturbation[slot].update(perturbation, result.trace, seconds)
+        self.loss_evidence[slot].update(result.trace)
+        quality = self.quality[slot].update(result.adv_images, clean)
+        parts = perturbation_parts(perturbation, result.trace) | {name: mean_parts(v) for name, v in quality.items()}
+        return attacked.spread(parts, images.device)
 
     def chunk_size(self, attack: Attack, objective: Any, images: Tensor, target: Any, ids: Sequence[str]) -> int:
         """The attack's chunk: the whole batch, the fixed ``attack_batch_size``, or the size found for it."""
@@ -357,7 +408,8 @@ class AdversarialEvaluation(pl.Callback):
         return {key: plain_setting(attack) for key, attack in self.attacks.items()}
 
     def evaluation_settings(self) -> dict[str, Any]:
-        """How the model ran: precision, channels_last (as decided at setup), compile, attack batch size."""
+        """How the model ran: precision, channels_last (as decided at setup), compile, attack batch size, and
+        whether only the samples classified correctly were attacked (robust-accuracy mode, as decided at setup)."""
         batch_size = "auto" if isinstance(self.attack_batch_size, AttackBatchSizes) else self.attack_batch_size
         return {"precision": self.precision, "channels_last": self.use_channels_last, "compile": self.compile,
-                "attack_batch_size": batch_size}
+                "attack_batch_size": batch_size, "robust_accuracy_only": self.attacking_correct}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from attacks.base import Attack, AttackResult, AttackTrace, Objective
 
 Fits = Callable[[int], bool]
+T = TypeVar("T")
 Probe = Callable[[Attack, Objective, Tensor, Any, Sequence[str] | None], Fits]
 
 
@@ -34,6 +35,12 @@ def largest_fitting(fits: Fits, limit: int) -> int:
     return low
 
 
+def free_cuda_cache() -> None:
+    """Return the cached blocks of a failed allocation, so the next try starts from free memory."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def fits_without_oom(run: Callable[[int], object]) -> Fits:
     """``fits(n)``: whether ``run(n)`` finishes without a CUDA out-of-memory error (the cache is emptied
     after one, so the next trial starts from free memory)."""
@@ -42,12 +49,29 @@ def fits_without_oom(run: Callable[[int], object]) -> Fits:
         try:
             run(size)
         except torch.cuda.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_cuda_cache()
             return False
         return True
 
     return fits
+
+
+def halving_on_oom(run: Callable[[int], T], size: int, floor: int = 1,
+                   retried: Callable[[int, int], None] | None = None) -> tuple[T, int]:
+    """``run(size)``, and after each CUDA out-of-memory error ``run`` again with half the size, down to
+    ``floor`` (whose error is raised); returns the result and the size that fitted. ``retried(old, new)``
+    hears of each retry. For whole runs that cannot be searched cheaply, unlike :func:`largest_fitting`."""
+    while True:
+        try:
+            return run(size), size
+        except torch.cuda.OutOfMemoryError:
+            if size <= floor:
+                raise
+            free_cuda_cache()
+            smaller = max(floor, size // 2)
+            if retried:
+                retried(size, smaller)
+            size = smaller
 
 
 def attack_trials(attack: Attack, objective: Objective, images: Tensor, target: Any, ids: Sequence[str] | None) -> Fits:

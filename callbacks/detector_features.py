@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler
 from sklearn.svm import SVC
@@ -27,6 +27,7 @@ DEFAULT_K = 20
 DEFAULT_LID_BATCH = 100
 DEFAULT_LEVELS = 4
 DEFAULT_TRAIN_FRACTION = 0.8  # the 80 / 20 split of Ma et al.'s (2018) code
+FALSE_POSITIVE_RATE = 0.05  # the operating point of the TPR we report (Carlini & Wagner 2017 report 5%)
 
 
 def kernel_density(
@@ -244,26 +245,67 @@ def fit_detector(
     return DETECTORS[name].build(seed, levels).fit(x, y)
 
 
-def detection_auc(name: str, detector: Pipeline | None, test: DetectionSamples) -> float:
-    """ROC AUC of ``detector`` on ``test`` (positive class: adversarial); NaN when it cannot be scored."""
+def detector_scores(name: str, detector: Pipeline | None, test: DetectionSamples) -> tuple[np.ndarray, np.ndarray]:
+    """The scores of ``detector`` on ``test`` (higher: more adversarial) and the labels; empty when it cannot
+    score them (no detector, no pairs, non-finite features)."""
     x, y = test.design(DETECTORS[name].feature)
     if detector is None or len(test.keys) == 0 or not np.isfinite(x).all():
-        return math.nan
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     if hasattr(detector, "decision_function"):
-        scores = detector.decision_function(x)
-    else:
-        scores = detector.predict_proba(x)[:, 1]
-    return float(roc_auc_score(y, scores))
+        return detector.decision_function(x), y
+    return detector.predict_proba(x)[:, 1], y
+
+
+def detection_auc(name: str, detector: Pipeline | None, test: DetectionSamples) -> float:
+    """ROC AUC of ``detector`` on ``test`` (positive class: adversarial); NaN when it cannot be scored."""
+    scores, y = detector_scores(name, detector, test)
+    return float(roc_auc_score(y, scores)) if len(y) else math.nan
+
+
+def detection_tpr(name: str, detector: Pipeline | None, test: DetectionSamples) -> float:
+    """The true-positive rate of ``detector`` on ``test`` at a false-positive rate of at most 5% (the ROC
+    curve's highest TPR with FPR <= 0.05); NaN when it cannot be scored."""
+    scores, y = detector_scores(name, detector, test)
+    if not len(y):
+        return math.nan
+    fpr, tpr, _ = roc_curve(y, scores)
+    return float(tpr[fpr <= FALSE_POSITIVE_RATE].max())
 
 
 @dataclass
 class DetectionReport:
-    """AUC on AdvTest per attack and detector; transfer AUC per source, target (another attack) and
-    detector, the source's AdvTrain detector scored on the target's AdvTest; pair counts per split."""
+    """AUC and TPR at 5% FPR on AdvTest per attack and detector; transfer AUC per source, target (another
+    attack) and detector, the source's AdvTrain detector scored on the target's AdvTest; pair counts per
+    split. Detector-aware attacks (``callbacks.adaptive_detection``) add rows ``{attack}-adaptive``."""
 
     auc: dict[str, dict[str, float]]
     transfer: dict[str, dict[str, dict[str, float]]]
     pairs: dict[str, dict[str, int]]
+    tpr: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class FittedDetectors:
+    """Each attack's (AdvTrain, AdvTest) pairs and the detectors fitted on its AdvTrain."""
+
+    splits: dict[str, tuple[DetectionSamples, DetectionSamples]]
+    detectors: dict[str, dict[str, Pipeline | None]]
+
+
+def fit_detectors(
+    samples: Mapping[str, DetectionSamples],
+    train_keys: set[str],
+    detectors: Sequence[str] = tuple(DETECTORS),
+    seed: int = 0,
+    levels: int = DEFAULT_LEVELS,
+) -> FittedDetectors:
+    """Split each attack's pairs by ``train_keys`` and fit each detector on its AdvTrain."""
+    splits = {attack: split_samples(attack_samples, train_keys) for attack, attack_samples in samples.items()}
+    fitted = {
+        attack: {name: fit_detector(name, train, seed, levels) for name in detectors}
+        for attack, (train, _) in splits.items()
+    }
+    return FittedDetectors(splits, fitted)
 
 
 def evaluate_detectors(
@@ -276,25 +318,29 @@ def evaluate_detectors(
 ) -> DetectionReport:
     """Fit each detector on each attack's AdvTrain and score it on that attack's AdvTest (Table 4) and on
     the AdvTest of every other attack for the ``transfer_sources`` (Table 5)."""
-    splits = {attack: split_samples(attack_samples, train_keys) for attack, attack_samples in samples.items()}
-    fitted = {
-        attack: {name: fit_detector(name, train, seed, levels) for name in detectors}
-        for attack, (train, _) in splits.items()
-    }
-    auc = {
-        attack: {name: detection_auc(name, fitted[attack][name], test) for name in detectors}
-        for attack, (_, test) in splits.items()
+    return detection_report(fit_detectors(samples, train_keys, detectors, seed, levels), transfer_sources)
+
+
+def detection_report(fitted: FittedDetectors, transfer_sources: Sequence[str] = ()) -> DetectionReport:
+    """AUC and TPR of each attack's detectors on its AdvTest, transfer AUCs and pair counts."""
+    scored = {
+        attack: {name: (detection_auc(name, detector, fitted.splits[attack][1]),
+                        detection_tpr(name, detector, fitted.splits[attack][1]))
+                 for name, detector in row.items()}
+        for attack, row in fitted.detectors.items()
     }
     transfer = {
         source: {
-            target: {name: detection_auc(name, fitted[source][name], test) for name in detectors}
-            for target, (_, test) in splits.items()
+            target: {name: detection_auc(name, detector, test) for name, detector in fitted.detectors[source].items()}
+            for target, (_, test) in fitted.splits.items()
             if target != source
         }
         for source in transfer_sources
     }
     pairs = {
         attack: {"advtrain": len(train.keys), "advtest": len(test.keys)}
-        for attack, (train, test) in splits.items()
+        for attack, (train, test) in fitted.splits.items()
     }
-    return DetectionReport(auc, transfer, pairs)
+    auc = {attack: {name: values[0] for name, values in row.items()} for attack, row in scored.items()}
+    tpr = {attack: {name: values[1] for name, values in row.items()} for attack, row in scored.items()}
+    return DetectionReport(auc, transfer, pairs, tpr)

@@ -86,3 +86,14 @@ def examples_of(
             )
         )
     return rows
+
+
+def heat_overlay(image: Tensor, heat: Tensor, alpha: float = 0.45) -> Tensor:
+    """A (3, H, W) uint8 image with a (h, w) map blended over it in the jet colours, the map upsampled
+    (bilinear) to the image, clipped at 0 and scaled by its maximum (blue: low, red: high)."""
+    from matplotlib import colormaps
+
+    heat = torch.nn.functional.interpolate(heat[None, None].float(), size=image.shape[-2:], mode="bilinear")[0, 0]
+    heat = heat.clamp_min(0) / heat.max().clamp_min(1e-12)
+    colours = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    return ((1 - alpha) * image.float() + alpha * 255 * colours).round().clamp(0, 255).to(torch.uint8)

@@ -8,11 +8,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAUROC
+from torchmetrics.utilities import dim_zero_cat
 from torchvision.ops import box_iou
 
 from attacks.base import AttackTrace, check_fraction
 from callbacks.bootstrap import Parts
 from callbacks.intervals import proportion
+from callbacks.surface_distance import image_hausdorff95
 
 
 def _sum_state(metric: Metric, *names: str) -> None:
@@ -83,28 +85,61 @@ class AttackSuccess(Metric):
         return scores
 
 
+SIZE_GROUPS = ("small", "medium", "large")
+
+
+def size_groups(areas: Tensor) -> Tensor:
+    """(N,) index into ``SIZE_GROUPS`` of each image by its ground-truth foreground area: small up to the
+    first tercile of ``areas`` (``torch.quantile``, linear), medium up to the second, large above. The
+    terciles depend on the set of areas only, not on their order, so DDP gives one process's groups."""
+    areas = areas.double().contiguous()
+    terciles = torch.quantile(areas, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64, device=areas.device))
+    return torch.bucketize(areas, terciles)
+
+
+IMAGE_COLUMNS = ("area", "tp", "fp", "fn", "pixels", "hd95")  # SegmentationScores' per-image row
+
+
+def pooled_segmentation(rows: Tensor) -> dict[str, Tensor]:
+    """Jaccard, Dice and pixel accuracy pooled over the pixels of ``rows`` (N, ``IMAGE_COLUMNS``), and their
+    mean HD95; NaN for no rows."""
+    _, tp, fp, fn, pixels, hd95 = rows.sum(dim=0)
+    return {
+        "jaccard": _ratio(tp, tp + fp + fn),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "pixel_accuracy": _ratio(pixels - fp - fn, pixels),
+        "hd95": _ratio(hd95, torch.tensor(float(len(rows)))),
+    }
+
+
 class SegmentationScores(Metric):
-    """Jaccard (IoU), Dice and pixel accuracy of the foreground class, pooled over all pixels."""
+    """Jaccard (IoU), Dice and pixel accuracy of the foreground class, pooled over all pixels, and the mean
+    per-image HD95 (``callbacks.surface_distance``); then Jaccard, Dice and HD95 of the images of each
+    ``SIZE_GROUPS`` tercile of ground-truth foreground area (``size_groups``) as ``{metric}_{group}``.
+    Per-image rows gathered (``cat``) across processes, so DDP gives one process's scores."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        _sum_state(self, "tp", "fp", "fn", "tn")
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
 
     def update(self, predicted: Tensor, target: Tensor) -> None:
         predicted, target = predicted.bool(), target.bool()
-        self.tp += (predicted & target).sum()
-        self.fp += (predicted & ~target).sum()
-        self.fn += (~predicted & target).sum()
-        self.tn += (~predicted & ~target).sum()
+        hd95 = image_hausdorff95(predicted, target)
+        predicted, target = predicted.flatten(1), target.flatten(1)
+        counts = [target, predicted & target, predicted & ~target, ~predicted & target]
+        pixels = torch.full_like(hd95, target.shape[1])
+        self.rows.append(torch.stack([*(c.sum(dim=1).double() for c in counts), pixels, hd95], dim=1))
 
     def compute(self) -> dict[str, Tensor]:
-        return {
-            "jaccard": _ratio(self.tp, self.tp + self.fp + self.fn),
-            "dice": _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn),
-            "pixel_accuracy": _ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn),
-        }
+        rows = dim_zero_cat(self.rows) if self.rows else torch.zeros(0, len(IMAGE_COLUMNS), dtype=torch.float64)
+        scores = pooled_segmentation(rows)
+        groups = size_groups(rows[:, 0]) if len(rows) else torch.zeros(0, dtype=torch.long)
+        for index, group in enumerate(SIZE_GROUPS):
+            grouped = pooled_segmentation(rows[groups == index])
+            scores |= {f"{name}_{group}": grouped[name] for name in ("jaccard", "dice", "hd95")}
+        return scores
 
 
 PERTURBATION_MEANS = ("linf", "l2", "var", "cos_positive", "cos_mean")

@@ -1,5 +1,6 @@
 """Per-task score sets of one prediction stream (clean, or one attack at one budget): classification
-accuracy/AUC/FPR and attack success, segmentation Jaccard/Dice/pixel accuracy, detection mAP/mIoU."""
+accuracy/AUC/FPR and attack success, segmentation Jaccard/Dice/pixel accuracy/HD95 (also by structure size),
+detection mAP/mIoU and effects on the objects."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from callbacks.metrics import (
     SegmentationScores,
     detection_effects,
 )
+from callbacks.surface_distance import image_hausdorff95
 from lightning_modules.metrics import MatchedBoxIoU
 
 
@@ -85,7 +87,7 @@ class ClassificationTaskScores(TaskScores):
 class SegmentationTaskScores(TaskScores):
     headline = ("jaccard", "dice")
     per_sample_metric = "image_jaccard"
-    mean_metrics = ("jaccard", "dice", "pixel_accuracy")
+    mean_metrics = ("jaccard", "dice", "pixel_accuracy", "hd95")
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,14 +104,17 @@ class SegmentationTaskScores(TaskScores):
         return torch.where(union > 0, overlap / union.clamp_min(1), torch.ones_like(overlap, dtype=torch.float))
 
     def per_image_parts(self, objective: Any, outputs: Any, target: Tensor) -> Parts:
-        """Each image's pixel counts behind the pooled Jaccard, Dice and pixel accuracy."""
-        predicted, truth = (objective.predict(outputs) > 0).flatten(1), (target > 0).flatten(1)
+        """Each image's pixel counts behind the pooled Jaccard, Dice and pixel accuracy, and its HD95."""
+        masks = objective.predict(outputs) > 0, target > 0
+        hd95 = image_hausdorff95(*masks)
+        predicted, truth = (mask.flatten(1) for mask in masks)
         tp, fp = (predicted & truth).sum(dim=1), (predicted & ~truth).sum(dim=1)
         fn, pixels = (~predicted & truth).sum(dim=1), torch.full_like(tp, truth.shape[1])
         return {
             "jaccard": (tp, tp + fp + fn),
             "dice": (2 * tp, 2 * tp + fp + fn),
             "pixel_accuracy": (pixels - fp - fn, pixels),
+            "hd95": mean_parts(hd95),
         }
 
     def compute_scores(self) -> dict[str, Tensor]:

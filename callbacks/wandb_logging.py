@@ -1,16 +1,21 @@
 """W&B side of the evaluation: a WandbLogger whose group / job_type / tags / config make runs of one
-benchmark comparable side by side, offline unless an API key is configured, and the examples table."""
+benchmark comparable side by side, offline unless an API key is configured, the examples table and the
+analysis views (docs/dashboard.md)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.examples import Example
+
+if TYPE_CHECKING:
+    from callbacks.analysis import AdversarialAnalysis
 
 EXAMPLE_COLUMNS = [
     "id", "attack", "clean", "perturbation (amplified)", "adversarial", "label", "clean prediction",
@@ -90,3 +95,43 @@ def log_examples(logger: WandbLogger, examples: Sequence[Example], key: str = "e
 def log_run_config(logger: WandbLogger, config: Mapping[str, Any]) -> None:
     """Add the evaluation's settings (attacks, budgets) to the run config."""
     logger.experiment.config.update(dict(config), allow_val_change=True)
+
+
+def log_analysis(logger: WandbLogger, analysis: AdversarialAnalysis) -> None:
+    """The analysis views: ``analysis/landscape`` (table: mean loss against the Linf offset along the adversarial
+    and the random direction, also drawn as a line chart), ``analysis/attribution`` (images: clean | adversarial
+    Grad-CAM overlay per attack and sample, captioned with the attack's shift measures; a list, as offline runs
+    keep no images inside tables) and ``analysis/tsne`` (table: the embedded points of every attack)."""
+    import wandb
+
+    from callbacks.analysis import attribution_overlays
+
+    if analysis.clean is None:
+        return
+    landscape = analysis.clean.landscape
+    offsets = landscape.offsets.tolist()
+    curves = {direction: landscape.along(direction).mean(dim=0).tolist() for direction in ("adversarial", "random")}
+    logged: dict[str, Any] = {
+        "analysis/landscape": wandb.Table(columns=["offset", "adversarial", "random"],
+                                          data=[list(row) for row in zip(offsets, *curves.values(), strict=True)]),
+        "analysis/landscape_chart": wandb.plot.line_series(offsets, list(curves.values()), list(curves),
+                                                           "Loss around the test samples", "Linf offset"),
+    }
+    attribution = []
+    tsne = wandb.Table(columns=["attack", "x", "y", "kind", "label"])
+    for key, views in analysis.views.items():
+        arrays, metrics = views.arrays, views.metrics
+        for i, overlays in enumerate(attribution_overlays(arrays)):
+            caption = (f"{key} sample {i}: clean | adversarial; rank corr {metrics['cam_rank_corr']:.2f}, "
+                       f"top-20% IoU {metrics['cam_iou']:.2f}")
+            attribution.append(wandb.Image(torch.cat(overlays, dim=2).permute(1, 2, 0).numpy(), caption=caption))
+        if "features/embedding" in arrays:
+            for (x, y), adversarial, label in zip(arrays["features/embedding"].tolist(),
+                                                  arrays["features/adversarial"].tolist(),
+                                                  arrays["features/labels"].tolist(), strict=True):
+                tsne.add_data(key, x, y, "adversarial" if adversarial else "clean", int(label))
+    if attribution:
+        logged["analysis/attribution"] = attribution
+    if tsne.data:
+        logged["analysis/tsne"] = tsne
+    logger.experiment.log(logged)

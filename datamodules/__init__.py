@@ -10,6 +10,7 @@ from datamodules.base import MedicalDataModule
 from datamodules.endoscopy import EndoscopyArtefactDataModule
 from datamodules.fundus import FundusDRDataModule
 from datamodules.lung import LungSegmentationDataModule
+from datamodules.lung_fields import LungFieldDetectionDataModule
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.paths import shared_data_dir
 from datamodules.synthetic import (
@@ -21,6 +22,7 @@ from datamodules.synthetic import (
 __all__ = [
     "EndoscopyArtefactDataModule",
     "FundusDRDataModule",
+    "LungFieldDetectionDataModule",
     "LungSegmentationDataModule",
     "MedMNISTDataModule",
     "MedicalDataModule",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ class AnnotatedImage:
 
 
 def checked_box(box: list[float], width: int, height: int, where: str) -> list[float]:
-    """``box`` (xyxy pixels) clipped to the image; raises naming ``where`` if outside or degenerate."""
+    """``box`` (xyxy pixels) clipped to the image; raises naming ``where`` if non-finite, outside or degenerate."""
+    if not all(math.isfinite(value) for value in box):
+        raise ValueError(f"{where}: box {box} has a NaN or infinite coordinate")
     x0, y0, x1, y1 = box
     if (
         x0 < -BOX_TOLERANCE
@@ -78,12 +81,23 @@ def read_yolo(image_dir: Path, annotation_file: str) -> list[AnnotatedImage]:
                 raise ValueError(
                     f"{where}: class {fields[0]!r} is not an integer in 0..{len(EAD_CLASSES) - 1}"
                 )
-            cx, cy, w, h = (float(value) for value in fields[1:])
+            cx, cy, w, h = yolo_coordinates(fields[1:], where)
             box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
             boxes.append(checked_box(box, width, height, where))
             labels.append(int(fields[0]) + 1)
         items.append(_annotated(image, boxes, labels))
     return items
+
+
+def yolo_coordinates(fields: list[str], where: str) -> list[float]:
+    """``cx cy w h`` of a YOLO line as numbers in [0, 1] (fractions of the image); ValueError naming ``where``."""
+    try:
+        values = [float(value) for value in fields]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(0.0 <= value <= 1.0 for value in values):  # NaN fails the range too
+        raise ValueError(f"{where}: cx cy w h must be numbers in [0, 1] (fractions of the image), got {fields}")
+    return values
 
 
 def _voc_image(xml: Path, tree: ET.Element, image_dir: Path) -> Path:
@@ -130,24 +144,44 @@ def read_coco(image_dir: Path, annotation_file: str) -> list[AnnotatedImage]:
         categories = {
             c["id"]: class_label(c["name"], f"{path}, category {c['id']}") for c in data["categories"]
         }
-        images = {entry["id"]: entry for entry in data["images"]}
-        annotations = data["annotations"]
-    except (json.JSONDecodeError, KeyError) as error:
-        raise ValueError(f"{path}: not a COCO detection file ({error})") from error
+        images = {entry["id"]: coco_image(entry, path, image_dir) for entry in data["images"]}
+        annotations = list(data["annotations"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        problem = f"no key {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: not a COCO detection file ({problem})") from error
     boxes: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
     labels: dict[int, list[int]] = {image_id: [] for image_id in images}
     for annotation in annotations:
-        where = f"{path}, annotation {annotation.get('id')}"
-        entry = images.get(annotation["image_id"])
-        if entry is None or annotation["category_id"] not in categories:
+        where = f"{path}, annotation {annotation.get('id') if isinstance(annotation, dict) else annotation!r}"
+        try:
+            entry = images.get(annotation["image_id"])
+            category = annotation["category_id"]
+            x, y, w, h = (float(value) for value in annotation["bbox"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{where}: needs image_id, category_id and bbox [x, y, w, h] numbers "
+                             f"({error!r})") from error
+        if entry is None or category not in categories:
             raise ValueError(f"{where}: unknown image_id or category_id")
-        x, y, w, h = annotation["bbox"]
         boxes[entry["id"]].append(checked_box([x, y, x + w, y + h], entry["width"], entry["height"], where))
-        labels[entry["id"]].append(categories[annotation["category_id"]])
+        labels[entry["id"]].append(categories[category])
     return [
         _annotated(image_dir / entry["file_name"], boxes[image_id], labels[image_id])
         for image_id, entry in sorted(images.items(), key=lambda item: item[1]["file_name"])
     ]
+
+
+def coco_image(entry: dict[str, Any], path: Path, image_dir: Path) -> dict[str, Any]:
+    """An ``images`` entry of a COCO file, checked: ``id``, ``file_name``, and ``width``/``height`` that are the
+    image file's own size (boxes are in those pixels); ValueError naming ``path``, the image and the field."""
+    where = f"{path}, image {entry.get('id') if isinstance(entry, dict) else entry!r}"
+    missing = [key for key in ("id", "file_name", "width", "height") if key not in entry]
+    if missing:
+        raise ValueError(f"{where}: no {', '.join(map(repr, missing))}")
+    size = image_size(image_dir / entry["file_name"])
+    if (entry["width"], entry["height"]) != size:
+        raise ValueError(f"{where}: width x height {entry['width']!r} x {entry['height']!r} is not the size of "
+                         f"{image_dir / entry['file_name']}, {size[0]} x {size[1]}")
+    return entry
 
 
 READERS: dict[str, Callable[[Path, str], list[AnnotatedImage]]] = {

@@ -1,7 +1,10 @@
-"""Reading image and mask files into numpy arrays, with errors that name the offending file."""
+"""Reading image, mask and ``.npz`` files into numpy arrays, with errors that name the offending file."""
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ from PIL import Image, UnidentifiedImageError
 GREY_MODES = {"1", "L", "LA"}
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ZIP_HEADERS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (the second: an empty one)
+NPZ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)  # what numpy raises on a bad archive or member
 
 
 def _open(path: Path) -> Image.Image:
@@ -58,3 +63,29 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def find_images(directory: Path) -> list[Path]:
     """Image files directly inside ``directory``, sorted by name."""
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@contextmanager
+def open_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """An open ``.npz`` archive (pickled objects refused); ValueError naming ``path`` when it is not a zip
+    archive (empty, garbage, a lone ``.npy``) or its directory is unreadable (truncated)."""
+    with path.open("rb") as file:
+        header = file.read(4)
+    if header not in ZIP_HEADERS:
+        what = "an empty file" if not header else f"a file starting with {header!r}"
+        raise ValueError(f"{path} is not an .npz archive: {what}, not a zip header")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except NPZ_ERRORS as error:
+        raise ValueError(f"cannot read npz file {path}: {error} (truncated or damaged?)") from error
+    with archive:
+        yield archive
+
+
+def npz_array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    """The array ``key`` of an open archive; ValueError naming ``path`` and ``key`` when that member does not
+    decode (damaged or truncated data, or an object array, which would need pickle)."""
+    try:
+        return np.asarray(archive[key])
+    except NPZ_ERRORS as error:
+        raise ValueError(f"{path}: cannot read array {key!r}: {error}") from error

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import MedicalDataModule
+from datamodules.base import MedicalDataModule, check_positive
+from datamodules.io import npz_array, open_npz
 from datamodules.pipeline import Example
 from datamodules.splits import SPLITS
 
@@ -18,7 +19,7 @@ CLASS_NAMES = {
 
 
 def _labels(path: Path, archive: np.lib.npyio.NpzFile, split: str) -> np.ndarray:
-    labels = np.asarray(archive[f"{split}_labels"])
+    labels = npz_array(path, archive, f"{split}_labels")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -26,11 +27,16 @@ def _labels(path: Path, archive: np.lib.npyio.NpzFile, split: str) -> np.ndarray
             f"{path}: {split}_labels has shape {labels.shape}; only single-label sets ((N,) or (N, 1)) "
             "are supported"
         )
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {split}_labels must be whole numbers, got dtype {labels.dtype}")
+    if labels.dtype.kind == "f" and not (np.isfinite(labels) & (labels % 1 == 0)).all():
+        bad = labels[~(np.isfinite(labels) & (labels % 1 == 0))]
+        raise ValueError(f"{path}: {split}_labels must be whole numbers, got {bad[:3].tolist()}")
     return labels.astype(np.int64)
 
 
 def _images(path: Path, archive: np.lib.npyio.NpzFile, split: str, count: int) -> np.ndarray:
-    images = np.asarray(archive[f"{split}_images"])
+    images = npz_array(path, archive, f"{split}_images")
     grey = images.ndim == 3
     if not (grey or (images.ndim == 4 and images.shape[3] == 3)) or images.dtype != np.uint8:
         raise ValueError(
@@ -46,6 +52,8 @@ class MedMNISTDataModule(MedicalDataModule):
     """A MedMNIST 2D classification set read from ``{root}/{flag}.npz`` (Yang et al., 2023).
 
     ``num_classes`` defaults to the largest label + 1; an explicit value is checked against the labels.
+    ``test_samples`` keeps a random subset (seeded by ``seed``) of that many test images, in random order: a
+    short evaluation that is not one class only (some files list their test split sorted by label).
     """
 
     task = "classification"
@@ -64,6 +72,7 @@ class MedMNISTDataModule(MedicalDataModule):
         flip_p: float = 0.5,
         rotate_limit: float = 10.0,
         shift_limit: float = 0.05,
+        test_samples: int | None = None,
     ) -> None:
         super().__init__(
             size,
@@ -76,11 +85,14 @@ class MedMNISTDataModule(MedicalDataModule):
             rotate_limit=rotate_limit,
             shift_limit=shift_limit,
         )
+        if test_samples is not None:
+            check_positive("test_samples", test_samples)
+        self.test_samples = test_samples
         self.flag = flag
         self.path = Path(root) / f"{flag}.npz"
         if not self.path.is_file():
             raise FileNotFoundError(f"MedMNIST file not found: {self.path} (flag={flag!r}, root={root!r})")
-        with np.load(self.path) as archive:
+        with open_npz(self.path) as archive:
             expected = {f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")}
             missing = sorted(expected - set(archive.files))
             if missing:
@@ -99,13 +111,18 @@ class MedMNISTDataModule(MedicalDataModule):
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def build_splits(self) -> dict[str, list[tuple[str, int]]]:
-        with np.load(self.path) as archive:
+        with open_npz(self.path) as archive:
             for split in SPLITS:
                 labels = _labels(self.path, archive, split)
                 self._arrays[split] = (_images(self.path, archive, split, len(labels)), labels)
-        return {
-            split: [(split, i) for i in range(len(labels))] for split, (_, labels) in self._arrays.items()
-        }
+        splits = {split: [(split, i) for i in range(len(labels))] for split, (_, labels) in self._arrays.items()}
+        if self.test_samples is not None:
+            if self.test_samples > len(splits["test"]):
+                count = len(splits["test"])
+                raise ValueError(f"test_samples={self.test_samples} but {self.path} has {count} test images")
+            order = np.random.default_rng(self.seed).permutation(len(splits["test"]))[: self.test_samples]
+            splits["test"] = [splits["test"][i] for i in order]
+        return splits
 
     def load_example(self, record: tuple[str, int]) -> Example:
         split, index = record

@@ -1,13 +1,16 @@
-"""CT volumes in NIfTI: HU windowing and axial slices read one at a time, in radiological orientation."""
+"""CT volumes in NIfTI: HU windowing and axial slices read one at a time, in radiological orientation.
+A truncated or damaged file, or one with NaN/Inf voxels, is an error naming the file (and slice)."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)  # nibabel's and gzip's for short or damaged data
 
 
 def check_window(low: float, high: float) -> None:
@@ -49,6 +52,7 @@ class AxialVolume:
         if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
             raise ValueError(f"NIfTI file {path} is not a 3D volume: shape {shape}")
         self.path = path
+        check_length(path, self.image)
         orientation = nib.io_orientation(self.image.affine)
         array_axis = {int(orientation[axis, 0]): axis for axis in range(3)}
         self._axial, self._ap, self._lr = array_axis[2], array_axis[1], array_axis[0]
@@ -69,14 +73,38 @@ class AxialVolume:
             plane = plane[:, ::-1]
         return np.ascontiguousarray(plane)
 
+    def _read(self, key: tuple[slice | int, ...] | slice, where: str) -> np.ndarray:
+        """Voxels ``key`` as float32; ValueError naming the file and ``where`` if they cannot be read or are
+        not all finite."""
+        try:
+            data = np.asarray(self.image.dataobj[key], dtype=np.float32)
+        except READ_ERRORS as error:
+            raise ValueError(f"cannot read {where} of NIfTI file {self.path} (truncated or damaged?): "
+                             f"{error}") from error
+        if not np.isfinite(data).all():
+            raise ValueError(f"NIfTI file {self.path}: {where} has NaN or infinite voxels")
+        return data
+
     def axial_slice(self, index: int) -> np.ndarray:
         """Slice ``index`` (scaled values, float) oriented for display."""
         key = [slice(None)] * 3 + [0] * (len(self.image.shape) - 3)
         key[self._axial] = index
-        return self._orient(np.asarray(self.image.dataobj[tuple(key)], dtype=np.float32))
+        return self._orient(self._read(tuple(key), f"slice {index}"))
 
     def occupied_slices(self) -> np.ndarray:
         """Indices of axial slices with any non-zero voxel (reads the whole volume)."""
-        data = np.asarray(self.image.dataobj).reshape(self.shape)
+        data = self._read(slice(None), "the volume").reshape(self.shape)
         other_axes = tuple(axis for axis in range(3) if axis != self._axial)
         return np.flatnonzero((data != 0).any(axis=other_axes))
+
+
+def check_length(path: Path, image: nib.Nifti1Image) -> None:
+    """ValueError naming ``path`` when an uncompressed file is shorter than its header's voxels need (a
+    compressed one shows truncation only when read)."""
+    header = image.header
+    if path.name.endswith(".gz") or not hasattr(header, "get_data_offset"):
+        return
+    needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise ValueError(f"NIfTI file {path} is truncated: {size} bytes, its header needs {needed}")

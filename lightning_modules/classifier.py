@@ -24,7 +24,8 @@ def ma_neck(in_features: int) -> nn.Sequential:
 
 
 class ClassifierModule(TaskModule):
-    """Any timm network by name on [0, 1] images; logs loss, accuracy and (one-vs-rest) AUC per stage.
+    """Any timm network by name (also ``small_cnn``, lightning_modules/small_cnn.py) on [0, 1] images; logs
+    loss, accuracy and (one-vs-rest) AUC per stage.
 
     ``features`` gives the penultimate deep features (the pooled backbone output, or the dense-128
     layer with ``ma_head``): the input of the final K-way layer.

@@ -18,12 +18,14 @@ from torchvision.models.detection import (
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from lightning_modules.detection_objective import DetectionObjective
 from lightning_modules.metrics import MatchedBoxIoU
 from lightning_modules.normalization import channel_statistics
 from lightning_modules.retinanet_objective import RetinaNetObjective
+from lightning_modules.small_backbone import SmallResNetFPN
 from lightning_modules.task_module import TaskModule
 
 
@@ -34,6 +36,22 @@ def fasterrcnn_resnet18_fpn(num_classes: int, **kwargs: Any) -> FasterRCNN:
         backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
     )
     return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
+def fasterrcnn_small_fpn(num_classes: int, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN on ``SmallResNetFPN`` (1.2 M parameters with its FPN, strides 4-64, 64 channels), one anchor size
+    per level (16-256 pixels) at three aspect ratios, a 256-wide box head and 300/150 training proposals before
+    and after NMS: learns 128-pixel phantoms from scratch in a few hundred CPU steps."""
+    backbone = SmallResNetFPN()
+    sizes = tuple((size,) for size in (16, 32, 64, 128, 256))
+    representation = 256
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes)),
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, representation),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        **{"rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 150, **kwargs},
+    )
 
 
 def retinanet_resnet18_fpn(num_classes: int, **kwargs: Any) -> RetinaNet:
@@ -57,6 +75,7 @@ FASTER_RCNN_BACKBONES: dict[str, Callable[..., FasterRCNN]] = {
     "mobilenet_v3": partial(fasterrcnn_mobilenet_v3_large_fpn, weights=None, weights_backbone=None),
     "resnet50": partial(fasterrcnn_resnet50_fpn, weights=None, weights_backbone=None),
     "resnet18": fasterrcnn_resnet18_fpn,
+    "small": fasterrcnn_small_fpn,
 }
 # Backbone name -> RetinaNet builder taking num_classes and RetinaNet keywords; never any weights.
 RETINANET_BACKBONES: dict[str, Callable[..., RetinaNet]] = {

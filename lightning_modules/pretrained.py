@@ -12,6 +12,8 @@ import timm
 from huggingface_hub import constants
 from torch import nn
 
+from lightning_modules.small_cnn import small_cnn  # noqa: F401  (registers the name "small_cnn" with timm)
+
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the Hugging Face Hub endpoint opens within ``timeout`` seconds."""

@@ -7,8 +7,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.shared_fits import fitted_once  # noqa: E402
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Two threads in every process, pytest-xdist workers included: fitted test models depend on the thread
+# count through CPU rounding, so they stay the same whether the suite runs on one worker or several.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -28,24 +32,24 @@ def _seeded() -> None:
 
 
 @pytest.fixture(scope="session")
-def fitted_classifier():
-    """(ClassifierModule, SyntheticFundusDataModule) trained once per test session."""
+def fitted_classifier(tmp_path_factory: pytest.TempPathFactory):
+    """(ClassifierModule, SyntheticFundusDataModule) trained once per test run."""
     from tests.lightning_modules.trained import fit_classifier
 
-    return fit_classifier()
+    return fitted_once(tmp_path_factory, "fitted_classifier", fit_classifier)
 
 
 @pytest.fixture(scope="session")
-def fitted_segmenter():
-    """(SegmenterModule, SyntheticLungCTDataModule) trained once per test session."""
+def fitted_segmenter(tmp_path_factory: pytest.TempPathFactory):
+    """(SegmenterModule, SyntheticLungCTDataModule) trained once per test run."""
     from tests.lightning_modules.trained import fit_segmenter
 
-    return fit_segmenter()
+    return fitted_once(tmp_path_factory, "fitted_segmenter", fit_segmenter)
 
 
 @pytest.fixture(scope="session")
-def fitted_detector():
-    """(DetectorModule, SyntheticEndoscopyDataModule) trained once per test session."""
+def fitted_detector(tmp_path_factory: pytest.TempPathFactory):
+    """(DetectorModule, SyntheticEndoscopyDataModule) trained once per test run."""
     from tests.lightning_modules.trained import fit_detector
 
-    return fit_detector()
+    return fitted_once(tmp_path_factory, "fitted_detector", fit_detector)

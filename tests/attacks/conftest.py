@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from tests.attacks.toys import blob_images, trained_classifier, trained_segmenter
+from tests.shared_fits import fitted_once
 
 
 @pytest.fixture(scope="session")
-def toy_classifier():
-    return trained_classifier()
+def toy_classifier(tmp_path_factory: pytest.TempPathFactory):
+    return fitted_once(tmp_path_factory, "toy_classifier", trained_classifier)
 
 
 @pytest.fixture(scope="session")
-def toy_segmenter():
-    return trained_segmenter()
+def toy_segmenter(tmp_path_factory: pytest.TempPathFactory):
+    return fitted_once(tmp_path_factory, "toy_segmenter", trained_segmenter)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from attacks import PGD, AutoAttack
-from attacks.adaptive import BPDA, EOT, StraightThrough
+from attacks.adaptive import BPDA, EOT, AdaptiveAttack, DetectorAware, StraightThrough
 from attacks.base import Objective, frozen_model, input_gradient
 from callbacks.checks import ModelEvidence, stalled_count
 from lightning_modules.defences import BitDepthReduction, GaussianNoise, InputDefence, with_defence
@@ -204,3 +204,46 @@ def test_eot_beats_plain_pgd_on_the_noise_defended_classifier(fitted_classifier)
             outputs = noisy.forward(images)
         evidence.update(noisy, images, labels, outputs)
     assert evidence.compute()["check/random_model"] == 1.0
+
+
+def test_adaptive_attack_is_the_attack_on_the_wrapped_objective(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    objective = defended(toy_classifier, BitDepthReduction(3))
+    pgd = PGD(eps=EPS, steps=3)
+    adaptive = AdaptiveAttack(pgd, "bpda")
+    assert torch.equal(adaptive(objective, images, labels).adv_images, pgd(BPDA(objective), images, labels).adv_images)
+    assert adaptive.settings == pgd.settings | {"adaptive": "bpda"} and adaptive.name == "pgd"
+    eot = AdaptiveAttack(pgd, "bpda_eot", draws=2)
+    assert eot.settings["draws"] == 2 and isinstance(eot.wrapped(objective), EOT)
+    assert isinstance(eot.wrapped(objective).objectives[0], BPDA)
+
+
+@pytest.mark.parametrize(("arguments", "word"), [({"method": "bdpa"}, "adaptive"), ({"draws": 0}, "draws")])
+def test_adaptive_attack_rejects_bad_settings_by_name(arguments, word):
+    with pytest.raises(ValueError, match=word):
+        AdaptiveAttack(PGD(eps=EPS), **arguments)
+
+
+def test_detector_aware_loss_is_the_negated_cw_margin_minus_the_weighted_score(toy_classifier, toy_batch):
+    """-max(z_y - max_j z_j, -kappa) - lambda s(x) (Carlini & Wagner 2017), whose input gradient is the
+    margin's plus lambda times the score's."""
+    images, labels, _ = toy_batch
+    weights = torch.randn(images[0].shape)
+
+    def score(x: Tensor) -> Tensor:
+        return (x * weights).sum(dim=(1, 2, 3))
+
+    aware = DetectorAware(toy_classifier, score, weight=0.5, kappa=1.0)
+    with frozen_model(toy_classifier.model):
+        logits = toy_classifier.logits(toy_classifier.forward(images))
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        best_other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+        expected = -(true - best_other).clamp(min=-1.0) - 0.5 * score(images)
+        outputs = aware.forward(images)
+        assert torch.allclose(aware.loss(outputs, labels), expected, atol=1e-5)
+        assert torch.equal(aware.predict(outputs), toy_classifier.predict(outputs.outputs))
+        gradient, _ = input_gradient(aware, images, labels)
+        margin_only, _ = input_gradient(DetectorAware(toy_classifier, score, weight=0.0, kappa=1.0), images, labels)
+    assert torch.allclose(gradient, margin_only - 0.5 * weights, atol=1e-5)
+    result = assert_invariants(PGD(eps=EPS, steps=3), aware, images, labels, "linf", EPS, batch_independent=False)
+    assert score(result.adv_images).mean() < score(images).mean()  # the attack lowers the detector's score

@@ -106,3 +106,20 @@ def test_returns_highest_loss_iterate(toy_classifier, toy_batch):
 def test_invalid_arguments_raise(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+def test_early_stop_keeps_each_first_fooling_iterate_and_leaves_the_others_as_they_were(toy_classifier, toy_batch):
+    images, labels, _ = toy_batch
+    eps = 4 / 255
+    ids = [str(i) for i in range(len(images))]
+    whole = APGD(eps=eps, steps=10)(toy_classifier, images, labels, ids=ids)
+    early = APGD(eps=eps, steps=10, early_stop=True)(toy_classifier, images, labels, ids=ids)
+    with torch.no_grad():
+        fooled_whole = toy_classifier.predict(toy_classifier.forward(whole.adv_images)) != labels
+        fooled_early = toy_classifier.predict(toy_classifier.forward(early.adv_images)) != labels
+    assert 0 < fooled_early.sum() < len(images)  # both kinds of sample are in the batch
+    assert (fooled_early | ~fooled_whole).all()  # a sample the last iterate fools was fooled on the way
+    # the state of the samples still iterating is cut out of the batch, not changed
+    torch.testing.assert_close(early.adv_images[~fooled_early], whole.adv_images[~fooled_early], rtol=0, atol=1e-6)
+    assert (early.trace.iterations[fooled_early] < 10).all()
+    assert (early.trace.iterations[~fooled_early] == 10).all()

@@ -97,8 +97,19 @@ def test_fit_stops_once_the_target_fooling_rate_is_reached(toy_classifier, fitti
     assert early.fit_history[-1] >= 0.3
     assert all(rate < 0.3 for rate in early.fit_history[:-1])
     assert len(early.fit_history) < 10
+    assert early.fit_summary["fit_epochs"] == len(early.fit_history) and early.fit_summary["fit_rate_reached"] == 1
     unreachable = fitted(toy_classifier, fitting_data, "l2", step=0.1, target_fooling_rate=1.0, max_epochs=3)
     assert len(unreachable.fit_history) == 3
+    assert unreachable.fit_summary["fit_rate_reached"] == 0
+
+
+def test_fit_reports_each_epoch_and_reads_at_most_max_fit_images(toy_classifier, fitting_data):
+    lines: list[str] = []
+    attack = UniversalPerturbation(eps=EPS["linf"], max_epochs=2, target_fooling_rate=1.0, max_fit_images=40)
+    attack.fit(toy_classifier, loader(fitting_data), progress=lines.append)
+    assert len(lines) == 2 and lines[-1].startswith("uap fit epoch 2/2: fooling rate")
+    assert attack.fit_summary["fit_images"] == 40  # 32 + 8 of the second batch
+    assert f"{attack.fit_history[-1]:.3f}" in lines[-1]
 
 
 def test_fit_rate_matches_the_fooling_rate_on_the_fitted_data(toy_classifier, fitting_data):

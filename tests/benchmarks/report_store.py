@@ -1,6 +1,8 @@
 """A results store as a finished benchmark leaves it, for report tests: a fundus classifier (attack, transfer
 and detection cells, two seeds), a lung CT segmenter (attack cells, one seed, BRISQUE off) and one
-failed cell. Metrics follow the papers' trends (scores fall and success rises with the budget)."""
+failed cell. Metrics follow the papers' trends (scores fall and success rises with the budget). Attack cells
+at the largest budget carry the analysis arrays (landscape, attribution maps; t-SNE for the classifier) as the
+runner stores them."""
 
 from __future__ import annotations
 
@@ -37,6 +39,30 @@ def example_png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def analysis_arrays(position: int, features: bool) -> dict[str, np.ndarray]:
+    """A cell's analysis arrays: a landscape steep along the adversarial direction, attribution maps of a blob
+    that moves under attack over two 32 x 32 discs, and (``features``) a t-SNE of 8 clean and 8 adversarial."""
+    rng = np.random.default_rng(position)
+    offsets = np.linspace(-8 / 255, 8 / 255, 5, dtype=np.float32)
+    a, b = np.meshgrid(offsets, offsets, indexing="ij")
+    losses = 0.6 + 400 * np.maximum(a, 0) ** 2 + 20 * b ** 2 + rng.uniform(0, 0.05, (4, 1, 1))
+    y, x = np.mgrid[0:8, 0:8]
+    blob = lambda cy, cx: np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 4).astype(np.float32)  # noqa: E731
+    disc = np.clip(1.1 - np.hypot(*np.mgrid[-1:1:32j, -1:1:32j]), 0, 1)
+    image = (255 * disc[None] * np.array([0.9, 0.4, 0.2])[:, None, None]).astype(np.uint8)
+    arrays = {"landscape/offsets": offsets, "landscape/losses": losses.astype(np.float32),
+              "attribution/clean": np.stack([blob(3, 3), blob(4, 4)]),
+              "attribution/adversarial": np.stack([blob(6, 1 + position % 5), blob(1, 6)]),
+              "attribution/clean_images": np.stack([image, image]),
+              "attribution/adversarial_images": np.stack([image, image])}
+    if features:
+        points = rng.standard_normal((16, 2)).astype(np.float32)
+        points[8:] += 4
+        arrays |= {"features/embedding": points, "features/adversarial": np.repeat([0.0, 1.0], 8),
+                   "features/labels": np.tile(np.arange(4.0), 4)}
+    return arrays
+
+
 def cell(kind: str, dataset: str, model: str, attack: str, budget: str, seed: int, metrics: dict[str, float],
          task: str, status: str = "done", error: str = "") -> CellRecord:
     settings = {"budget": budget_value(budget), "task": task}
@@ -70,6 +96,8 @@ def quality(attack: str, budget: str, rng: random.Random, brisque: bool) -> dict
         metrics |= {"adv/brisque": 20 + 3 * levels / STRENGTH[attack], "clean/brisque": 18.0 + rng.uniform(0, 1)}
     # the failure checks' evidence: healthy, but for DeepFool, which leaves 20% of the samples unbroken
     metrics |= {"check/vanishing_gradients": 0.0, "check/random_model": 0.0, "check/loss_not_increasing": 0.05}
+    metrics |= {"adv/cam_rank_corr": 0.9 - 0.1 * levels * STRENGTH[attack], "adv/cam_iou": 0.8 - 0.05 * levels,
+                "clean/sharpness": 2.5, "clean/sharpness_random": 0.1}
     if budget == "min":
         metrics["check/unbounded_not_broken"] = 0.2
     return metrics
@@ -122,9 +150,12 @@ def build_store(path: Path) -> ResultsStore:
     store = ResultsStore(path)
     for position, record in enumerate([*fundus_cells(0), *fundus_cells(1), *lung_cells()]):
         store.start(record)
+        attacked = record.kind == "attack"
         examples = [(f"sample {position}: label 2, clean prediction 2, adversarial prediction 0",
-                     example_png(position))] if record.kind == "attack" else []
-        store.finish(record, examples)
+                     example_png(position))] if attacked else []
+        analysed = attacked and record.budget in ("8_255", "0.05", "min")  # the largest budgets: fewer panels to draw
+        arrays = analysis_arrays(position, record.settings["task"] == "classification") if analysed else {}
+        store.finish(record, examples, arrays=arrays)
     error = "Traceback (most recent call last):\n  ...\nRuntimeError: <out of memory> & more"
     failed = cell("attack", "synthetic_lung_ct", "unet_resnet18", "cw", "min", 0, {}, "segmentation", "failed", error)
     store.start(failed)

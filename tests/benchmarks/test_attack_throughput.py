@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.attack_throughput import SETTINGS, main, reference_run
+from benchmarks.attack_throughput import SETTINGS, main, reference_run, robust_runs
 
 TINY = ["--speed", "--size", "32", "--batch", "2", "--warmup", "0", "--repeats", "1", "--variants", "fp32", "bf16"]
 
@@ -55,3 +55,17 @@ def test_the_autoattack_reference_runs_with_fewer_than_ten_classes():
     assert impl == "pyautoattack" and adv.shape == images.shape
     assert (adv - images).abs().max() <= SETTINGS["pgd10"].eps + 1e-6
     assert torch.equal(model(adv).argmax(dim=1), labels)  # robust: the targeted stages did run
+
+
+def test_robust_mode_run_attacks_only_the_correct_samples_and_stops_them_once_fooled():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval().requires_grad_(False)
+    images = torch.rand(16, 3, 8, 8)
+    labels = model(images).argmax(dim=1)
+    labels[:4] = (labels[:4] + 1) % 5  # four samples misclassified clean
+    runs = robust_runs(model, 8 / 255, 5)
+    adv = runs["pgd10"]["ours (robust-accuracy mode)"](images, labels)
+    assert torch.equal(adv[:4], images[:4])
+    assert 0 < (adv - images).abs().max() <= 8 / 255 + 1e-6
+    peer = importlib.util.find_spec("torchattacks") is not None
+    assert ("torchattacks" in runs["pgd10"]) == peer and "ours" in runs["autoattack"]

@@ -38,10 +38,11 @@ CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 # The demo store: overview (run + failed cells); fundus resnet18 (accuracy, AUC, FPR, success rate, quality,
 # perturbation), the transfer overview and two transfer matrices, one detector table; lung U-Net (Jaccard,
-# Dice, pixel accuracy, quality, perturbation), the attack-failure checks and attack settings per model.
-# Plots: 3 + 2 heat maps + 2 (no success rate for segmentation: no quality scatter). Examples: one per
-# first-seed attack cell, 7 fundus + 6 lung.
-EXPECTED = {"tables": 21, "plots": 7, "examples": 13, "sections": 7}
+# Dice, pixel accuracy, quality, perturbation, task table), the attack-failure checks and attack settings per model.
+# Plots: 3 + 2 heat maps + 2 (no success rate for segmentation: no quality scatter), and the analysis views:
+# fundus landscape curves and surface, Grad-CAM, attribution shift, t-SNE; lung the same without t-SNE.
+# Examples: one per first-seed attack cell, 7 fundus + 6 lung.
+EXPECTED = {"tables": 22, "plots": 16, "examples": 13, "sections": 7}
 
 
 def attack_cell(attack: str, budget: str, seed: int, **metrics: float) -> CellRecord:

@@ -37,6 +37,9 @@ def main() -> None:
         },
         epsilons=[2 / 255, 8 / 255],
     )
+    robust = AdversarialEvaluation(  # robust-accuracy mode: correct samples only, per-sample random starts
+        {"pgd": lambda eps: PGD(eps=eps, steps=3)}, epsilons=[8 / 255], robust_accuracy_only=True, brisque=False
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
@@ -44,12 +47,13 @@ def main() -> None:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[callback],
+        callbacks=[callback, robust],
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         with open(args.output, "w") as handle:
-            json.dump({"metrics": callback.results, "test_size": len(datamodule.datasets["test"])}, handle)
+            metrics = callback.results | {f"robust/{name}": value for name, value in robust.results.items()}
+            json.dump({"metrics": metrics, "test_size": len(datamodule.datasets["test"])}, handle)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attacks.gradient import FGSM, PGD
-from callbacks.adversarial_detection import (
-    AdversarialDetectionEvaluation,
-    captured_outputs,
-    detection_metrics,
-    model_views,
-)
+from callbacks.adversarial_detection import AdversarialDetectionEvaluation, detection_metrics
 from callbacks.detector_features import (
     DETECTORS,
     DetectionSamples,
@@ -30,6 +25,7 @@ from callbacks.detector_features import (
     quantise,
     split_samples,
 )
+from callbacks.detector_views import captured_outputs, model_views
 from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.toys import blob_images, small_cnn, train
 
@@ -164,7 +160,9 @@ def test_transfer_scores_each_source_detector_on_every_other_attack() -> None:
     assert report.transfer["fgsm"]["pgd"]["kd"] < 0.05
     metrics = detection_metrics(report)
     assert metrics["detect/transfer/pgd->fgsm/dfeat/auc"] == report.transfer["pgd"]["fgsm"]["dfeat"]
-    assert len(metrics) == 3 * 2 + 4 * 2 + 3 * 2  # AUCs, transfer AUCs, pair counts
+    assert len(metrics) == 3 * 2 * 2 + 4 * 2 + 3 * 2  # AUCs and TPRs, transfer AUCs, pair counts
+    # up-shifted pairs: at most 5% of clean rows score above the threshold, nearly every adversarial one does
+    assert report.tpr["fgsm"]["kd"] > 0.9 and metrics["detect/fgsm/kd/tpr_at_5fpr"] == report.tpr["fgsm"]["kd"]
 
 
 def test_an_attack_without_kept_pairs_scores_nan() -> None:
@@ -318,3 +316,19 @@ def test_kd_training_quota_is_split_over_classes_in_a_class_sorted_loader():
     assert first.tolist() == [True, True, False, False, True]
     assert second.tolist() == [True, False, True, False]
     assert taken.tolist() == [2, 2, 1]
+
+
+def test_a_detector_aware_attack_lowers_the_auc_of_the_detector_it_evades(blob_classifier: BlobClassifier) -> None:
+    """PGD that also pushes LID's or QFeat's differentiable score down (Carlini & Wagner 2017) at the same
+    budget: the detector fitted on plain PGD's AdvTrain separates its AdvTest pairs less well."""
+    attacks = {"pgd": PGD(eps=EPS, steps=10)}
+    detection = AdversarialDetectionEvaluation(attacks, detectors=("lid", "qfeat"), lid_batch_size=50,
+                                               adaptive_weight=1.0)
+    logged = trainer_for(detection).test(blob_classifier, datamodule=BlobData(200), verbose=False)[0]
+    auc = detection.results["auc"]
+    print("detection AUC:", auc, "TPR at 5% FPR:", detection.results["tpr"])
+    for name in ("lid", "qfeat"):
+        assert auc["pgd-adaptive"][name] < auc["pgd"][name] - 0.05
+        assert detection.results["pairs"]["pgd-adaptive"][f"advtest_{name}"] >= 10
+    assert {"detect/pgd-adaptive/qfeat/auc", "detect/pgd-adaptive/qfeat/tpr_at_5fpr",
+            "detect/pgd/qfeat/tpr_at_5fpr"} <= set(logged)

@@ -41,6 +41,7 @@ def test_two_processes_equal_one(fitted_classifier, tmp_path):
     assert single["test_size"] % 2 == 1
     compared = {k: v for k, v in single["metrics"].items() if not k.endswith(TIMING)}
     assert compared.keys() == {k for k in double["metrics"] if not k.endswith(TIMING)}
-    assert "adv/pgd/8_255/accuracy" in compared
+    robust = ("robust/adv/pgd/8_255/accuracy", "robust/adv/pgd/8_255/linf_ci_low")  # robust-accuracy mode
+    assert {"adv/pgd/8_255/accuracy", *robust} <= set(compared)
     for name, value in compared.items():
         assert double["metrics"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name

@@ -268,6 +268,7 @@ def test_mixed_precision_evaluation_keeps_the_budget_and_records_its_settings():
         "channels_last": False,
         "compile": False,
         "attack_batch_size": None,
+        "robust_accuracy_only": False,
     }
     assert results["adv/pgd/8_255/linf"] == pytest.approx(EPS, abs=1e-6)
     reference = run_evaluation(pgd_evaluation())

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 
 from attacks.gradient import FGSM
+from callbacks.analysis import AdversarialAnalysis
 from callbacks.attack_eval import AdversarialEvaluation
 from callbacks.wandb_logging import make_wandb_logger
 from tests.wandb_records import read_offline_run
@@ -32,7 +33,8 @@ def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs)
     import wandb
 
     module, datamodule = fitted_classifier
-    callback = AdversarialEvaluation({"fgsm": lambda eps: FGSM(eps=eps)}, epsilons=[2 / 255, 8 / 255])
+    callback = AdversarialEvaluation({"fgsm": lambda eps: FGSM(eps=eps)}, epsilons=[2 / 255, 8 / 255],
+                                     analysis=AdversarialAnalysis(samples=2, points=3, features=8))
     logger = make_wandb_logger(module, datamodule, ["fgsm"], save_dir=wandb_dirs / "wandb_dir")
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=logger, callbacks=[callback], enable_progress_bar=False,
@@ -65,3 +67,10 @@ def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs)
     table_file = run_dir / "files" / run.summary["examples/path"]
     rows = json.loads(table_file.read_text())
     assert rows["columns"][:5] == ["id", "attack", "clean", "perturbation (amplified)", "adversarial"]
+
+    # the analysis views: landscape (3 offsets), t-SNE (2 x 8 x 2 points), Grad-CAM pairs (2 samples x 2 budgets)
+    for name, rows in (("landscape", 3), ("tsne", 32)):
+        assert (run.summary[f"analysis/{name}/_type"], run.summary[f"analysis/{name}/nrows"]) == ("table-file", rows)
+    assert run.summary["analysis/attribution/count"] == 4
+    assert len(list((run_dir / "files" / "media" / "images" / "analysis").glob("attribution_*.png"))) == 4
+    assert "clean/sharpness" in run.summary and "adv/fgsm/8_255/cam_rank_corr" in run.summary

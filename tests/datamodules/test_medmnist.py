@@ -52,3 +52,22 @@ def test_missing_file_keys_and_multilabel_sets_are_refused(tmp_path):
     np.savez(tmp_path / "chest.npz", **arrays)
     with pytest.raises(ValueError, match="chest.npz: train_labels has shape"):
         MedMNISTDataModule("chest", str(tmp_path))
+
+
+def test_test_samples_keeps_a_seeded_random_subset_of_the_test_split(tmp_path):
+    write_medmnist(tmp_path / "toy.npz", COUNTS, num_classes=3, rgb=False, column=False)
+
+    def test_ids(seed: int, samples: int | None) -> list[str]:
+        dm = MedMNISTDataModule("toy", str(tmp_path), seed=seed, test_samples=samples, augment=False)
+        dm.setup()
+        return [sample["id"] for sample in dm.datasets["test"]]
+
+    every = test_ids(0, None)
+    subsets = {seed: test_ids(seed, 4) for seed in range(4)}
+    assert all(len(set(ids)) == 4 and set(ids) <= set(every) for ids in subsets.values())
+    assert test_ids(0, 4) == subsets[0] and len({tuple(ids) for ids in subsets.values()}) > 1
+    assert sorted(test_ids(0, 6)) == sorted(every) and test_ids(0, 6) != every  # all of them, shuffled
+    with pytest.raises(ValueError, match="test_samples=7.*6 test images"):
+        test_ids(0, 7)
+    with pytest.raises(ValueError, match="test_samples must be positive"):
+        test_ids(0, 0)
