@@ -1,7 +1,8 @@
 """A cell's result metrics must be numbers: a cell whose task metrics (clean or adversarial), success rate or
 perturbation norms are NaN or infinite is stored as failed, with the names and values as the reason, never
-as a result. Other statistics may say "undefined here" with NaN or inf and are stored as they are: a ROC AUC
-or TPR over one class, the update cosines of a one-step attack, the PSNR of an unchanged image."""
+as a result. Other statistics may say "undefined here" with NaN or inf and are stored as they are: a ROC AUC,
+TPR or FPR over one class (a test batch of positives only has no false-positive rate), the update cosines of
+a one-step attack, the PSNR of an unchanged image."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 from collections.abc import Mapping
 
 RESULT_METRICS = (
-    "accuracy", "fpr", "jaccard", "dice", "pixel_accuracy", "map", "map_50", "mean_iou", "success_rate", "linf", "l2",
+    "accuracy", "jaccard", "dice", "pixel_accuracy", "map", "map_50", "mean_iou", "success_rate", "linf", "l2",
 )
 RESULT = re.compile(rf"(^|/)({'|'.join(RESULT_METRICS)})$")  # adv/accuracy, clean/dice, a->b/success_rate
 
