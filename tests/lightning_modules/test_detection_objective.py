@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
 from lightning_modules.detection_objective import DetectionOutputs, expected_sampled_loss, pad_proposals
 from lightning_modules.detector import DetectorModule
+from tests.lightning_modules.objective_state import assert_objective_leaves_module_unchanged
 
 SIZE = 64
 PROPOSALS = 20
@@ -137,20 +137,7 @@ def test_gradients_of_an_images_loss_and_divergence_reach_only_that_image(module
 
 
 def test_objective_leaves_modes_parameters_and_batchnorm_statistics_unchanged(images, targets):
-    module = detector()
-    module.train()
-    module.model.backbone.eval()
-    modes = {name: sub.training for name, sub in module.named_modules()}
-    state = {name: value.clone() for name, value in module.state_dict().items()}
-    objective = module.objective()
-    outputs = objective.forward(images)
-    objective.loss(outputs, targets).sum().backward()
-    objective.predict(outputs)
-    objective.dense_target(outputs, targets)
-    assert modes == {name: sub.training for name, sub in module.named_modules()}
-    for name, value in module.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert any(isinstance(sub, nn.BatchNorm2d) for sub in module.modules())
+    assert_objective_leaves_module_unchanged(detector(), images, targets)
 
 
 def test_dense_target_labels_valid_proposals_by_iou_with_ground_truth(module, images, targets):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import RetinaNet
 from torchvision.ops import box_iou
 
 from datamodules import SyntheticEndoscopyDataModule
 from lightning_modules.detector import DetectorModule
 from lightning_modules.retinanet_objective import RetinaNetObjective, RetinaNetOutputs
+from tests.lightning_modules.objective_state import assert_objective_leaves_module_unchanged
 from tests.lightning_modules.trained import quick_trainer
 
 SIZE = 64
@@ -130,20 +131,7 @@ def test_gradients_of_an_images_loss_reach_only_that_image(module, images, targe
 
 
 def test_objective_leaves_modes_parameters_and_batchnorm_statistics_unchanged(images, targets):
-    module = retinanet()
-    module.train()
-    module.model.backbone.eval()
-    modes = {name: sub.training for name, sub in module.named_modules()}
-    state = {name: value.clone() for name, value in module.state_dict().items()}
-    objective = module.objective()
-    outputs = objective.forward(images)
-    objective.loss(outputs, targets).sum().backward()
-    objective.predict(outputs)
-    objective.dense_target(outputs, targets)
-    assert modes == {name: sub.training for name, sub in module.named_modules()}
-    for name, value in module.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert any(isinstance(sub, nn.BatchNorm2d) for sub in module.modules())
+    assert_objective_leaves_module_unchanged(retinanet(), images, targets)
 
 
 def test_the_module_fits_a_retinanet_with_torchvisions_losses():
