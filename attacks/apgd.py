@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -125,12 +125,15 @@ class APGD(GradientAttack):
     targeted modes; defaults are AutoAttack's (100 steps, rho 0.75, momentum 0.75, random start).
     ``early_stop`` (classification only): a sample misclassified clean is returned unchanged, and a sample
     leaves the run at its first iterate that fools the model (reaches the goal when targeted), which it
-    keeps; the other samples' iterates are those of the run without it.
+    keeps; the other samples' iterates are those of the run without it. The clean forward pass that finds
+    the samples fooled from the start is skipped where the caller promises none (``clean_unfooled``) and no
+    goal needs the clean logits.
     """
 
     name = "apgd_ce"
     defaults = {"eps": 8 / 255, "steps": 100, "random_start": True}
     fixed = {"alpha": None, "decay": 0.0, "kernel_size": None, "sigma": None}
+    goals_read_clean_outputs: ClassVar[bool] = False  # APGD-T ranks its target classes by the clean logits
 
     def __init__(self, rho: float = 0.75, momentum: float = 0.75, n_restarts: int = 1, **options: Any) -> None:
         super().__init__(**options)
@@ -155,15 +158,21 @@ class APGD(GradientAttack):
         return torch.zeros(len(adv), dtype=torch.bool, device=adv.device)
 
     def goals(self, objective: Objective, outputs: Any, labels: Any) -> Iterator[Any]:
-        """The target of each run's loss, given the clean ``outputs``: the resolved target, once per restart."""
+        """The target of each run's loss, given the clean ``outputs`` (None where the attack skips the clean
+        forward pass and ``goals_read_clean_outputs`` is False): the resolved target, once per restart."""
         return itertools.repeat(labels, self.n_restarts)
 
     def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
         """Runs Algorithm 1 once per goal, each on the samples not fooled yet (all for the task loss)."""
         labels = self.targets.resolve(objective, images, target, random)
-        with torch.no_grad():
-            outputs = objective.forward(images)
-        fooled = self.fooled(objective, outputs, images, labels)
+        outputs = None
+        if not self.clean_unfooled or self.goals_read_clean_outputs:
+            with torch.no_grad():
+                outputs = objective.forward(images)
+        if self.clean_unfooled:
+            fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        else:
+            fooled = self.fooled(objective, outputs, images, labels)
         kept = Kept(images, torch.full(fooled.shape, -math.inf, device=images.device), fooled)
         trace = RowTrace(images)
         for goal in self.goals(objective, outputs, labels):
@@ -235,7 +244,7 @@ class APGD(GradientAttack):
             if step + 1 in self.checkpoints:
                 state = self.checkpoint(state, step + 1 - last_check)
                 last_check = step + 1
-            if live is not None:
+            if live is not None and fooled.any():
                 live, state = live[~fooled], state.take(~fooled)
         return kept
 
@@ -284,6 +293,7 @@ class APGDT(APGDDLR):
     """
 
     name = "apgd_t"
+    goals_read_clean_outputs = True
 
     def __init__(self, n_target_classes: int = 9, **options: Any) -> None:
         super().__init__(**options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import math
@@ -213,6 +214,16 @@ class SampleRandom:
             return sampler((1, *shape), generator=self._generator, device=self.device, **kwargs)
         return self.draw(sampler, shape, **kwargs)
 
+    def subset(self, rows: Tensor) -> SampleRandom:
+        """The draws of the samples ``rows`` only: with ids their own generators (the other samples' generators
+        do not advance); without ids the batch's generator, whose ``draw`` then makes len(rows) draws."""
+        view = copy.copy(self)
+        view.batch = len(rows)
+        if self.ids is not None:
+            view.ids = [self.ids[i] for i in rows.tolist()]
+            view._sample_generators = [self._sample_generators[i] for i in rows.tolist()]
+        return view
+
     def each(self, draw: Callable[[torch.Generator, torch.device], Tensor]) -> Tensor:
         """(B, ...) stacked from ``draw(generator, device)`` called once per sample, in batch order."""
         if self.ids is None:
@@ -391,10 +402,15 @@ class Attack:
     variant that only changes its parent's configuration writes no constructor: it declares ``defaults``
     (new default values) and ``fixed`` (arguments it sets and does not accept); one that adds arguments
     takes them and passes ``**options`` on (see ``constructor_signature``).
+
+    ``clean_unfooled`` is not a setting but a caller's promise: no clean image it passes already reaches the
+    attack's goal (robust-accuracy mode passes only correctly classified samples). Attacks that check the clean
+    images to stop early (the gradient loop, APGD, Square) then skip that forward pass, with the same result.
     """
 
     name: str = "attack"
     access: ClassVar[str] = "white-box"  # what it reads of the model: "white-box", "black-box" (scores), "transfer"
+    clean_unfooled: bool = False
     defaults: ClassVar[dict[str, Any]] = {}
     fixed: ClassVar[dict[str, Any]] = {}
 

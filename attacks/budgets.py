@@ -38,6 +38,9 @@ def budget_label(budget: float | None) -> str:
         return f"{budget:g}"
     tenths = budget * 2550
     if round(tenths) > 0 and abs(tenths - round(tenths)) < 1e-6:  # not "0_255" for a tiny budget > 0
+        level = round(tenths) / 2550
+        if abs(level - round(level, 4)) < 1e-12:  # a grey level that is a short decimal reads back as one
+            return f"{level:g}"
         return f"{round(tenths) / 10:g}_255"
     return f"{budget:g}"
 

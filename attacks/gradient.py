@@ -57,7 +57,8 @@ class GradientAttack(Attack):
     None means ``default_alpha(eps, steps)``. ``norm`` is "linf" (sign steps, clipping) or "l2" (unit-L2 steps, radial
     projection). ``target_mode`` (see ``attacks.targets``) makes the default loss descend towards a goal.
     ``early_stop`` (classification only, as in AutoAttack) attacks only the samples the clean images do
-    not already fool and stops a sample once fooled; each step runs on the still-active samples only.
+    not already fool and stops a sample once fooled; each step runs on the still-active samples only, whose
+    clean images, iterates, goals and velocities it carries from step to step.
     """
 
     name = "gradient"
@@ -135,13 +136,14 @@ class GradientAttack(Attack):
     ) -> tuple[Tensor, Tensor | None]:
         """``x_0`` and, with ``early_stop``, the (B,) mask of samples still to attack (None without).
 
-        A random start is kept only for the samples the clean images do not already fool; without one,
-        x_0 is the clean batch and the first step's forward pass finds them.
+        A random start is kept only for the samples the clean images do not already fool, which a clean
+        forward pass finds unless the caller promises there are none (``clean_unfooled``); without a random
+        start, x_0 is the clean batch and the first step's forward pass finds them.
         """
         adv = self.initial_point(images, random)
         if not self.early_stop:
             return adv, None
-        if not self.random_start:
+        if not self.random_start or self.clean_unfooled:
             return adv, torch.ones(len(images), dtype=torch.bool, device=images.device)
         with torch.no_grad():
             active = self.not_fooled(objective, objective.forward(images), goal)
@@ -169,23 +171,26 @@ class GradientAttack(Attack):
     def run(self, objective: Objective, images: Tensor, target: Any, random: SampleRandom) -> AttackResult:
         goal = self.targets.resolve(objective, images, target, random)
         adv, active = self.start(objective, images, goal, random)
-        velocity = torch.zeros_like(images)
+        rows = None if active is None else active.nonzero().squeeze(1)
+        clean, current, aim = take(images, rows), take(adv, rows), take(goal, rows)
+        velocity = torch.zeros_like(clean)
         recorder = TraceRecorder(images)
         for step in range(self.steps):
-            rows = None if active is None else active.nonzero().squeeze(1)
             if rows is not None and len(rows) == 0:
                 break
-            clean, current = take(images, rows), take(adv, rows)
-            gradient, loss, outputs = self.loss_gradient(objective, current, clean, take(goal, rows), step)
-            recorder.record_loss(self.tracked_loss(objective, outputs, loss, take(goal, rows)), rows)
+            gradient, loss, outputs = self.loss_gradient(objective, current, clean, aim, step)
+            recorder.record_loss(self.tracked_loss(objective, outputs, loss, aim), rows)
             if rows is not None:
-                keep = self.not_fooled(objective, outputs, goal[rows])
-                active[rows[~keep]] = False
-                rows, clean, current, gradient = rows[keep], clean[keep], current[keep], gradient[keep]
-            direction = self.direction(gradient, take(velocity, rows))
-            if self.decay:
-                velocity = put(velocity, rows, direction)
-            adv = put(adv, rows, self.advance(clean, current, self.alpha * self.norm.normalise_step(direction)))
+                keep = self.not_fooled(objective, outputs, aim)
+                if not keep.all():
+                    active[rows[~keep]] = False
+                    rows, clean, current, aim, gradient, velocity = (
+                        value[keep] for value in (rows, clean, current, aim, gradient, velocity)
+                    )
+            direction = self.direction(gradient, velocity)
+            velocity = direction if self.decay else velocity
+            current = self.advance(clean, current, self.alpha * self.norm.normalise_step(direction))
+            adv = put(adv, rows, current)
             recorder.step(adv - images, active)
         return AttackResult(adv, recorder.finish(adv - images))
 

@@ -96,37 +96,47 @@ class SquareAttack(Attack):
     def run(
         self, objective: Objective, images: Tensor, target: Any, random: SampleRandom
     ) -> AttackResult:
+        """Alg. 1 on the samples not done yet: each iteration proposes, queries and accepts for those rows only
+        (the others' draws are not made: with ``ids`` every sample has its own generator)."""
         batch, channels, height, width = images.shape
         recorder = TraceRecorder(images)
         goal = self.targets.resolve(objective, images, target, random)
-        done = succeeded(class_logits(objective, images), goal, self.targets.targeted)
+        done = self._clean_done(objective, images, goal)
         recorder.add_queries(1 + goal_queries(self.targets))
         best = images.clone()
         loss = torch.full((batch,), float("inf"), dtype=images.dtype, device=images.device)
         stripes = self.eps * random_signs(random, (channels, 1, width))
-        start = (images + stripes).clamp(0, 1)
-        self._accept(objective, images, start, goal, best, loss, done, recorder)
+        rows = (~done).nonzero().squeeze(1)
+        self._accept(objective, images, (images + stripes).clamp(0, 1)[rows], rows, goal, best, loss, done, recorder)
         for iteration in range(self.max_queries - 2):
-            if done.all():
+            rows = (~done).nonzero().squeeze(1)
+            if len(rows) == 0:
                 break
             side = square_side(p_schedule(self.p_init, iteration, self.max_queries), height, width)
-            candidates = self._propose(images, best, side, random)
-            self._accept(objective, images, candidates, goal, best, loss, done, recorder)
+            candidates = self._propose(images[rows], best[rows], side, random.subset(rows))
+            self._accept(objective, images, candidates, rows, goal, best, loss, done, recorder)
         extras = {"goal": goal} if self.targets.targeted else {}
         return AttackResult(best, recorder.finish(best - images), extras)
 
-    def _propose(self, images: Tensor, best: Tensor, side: int, random: SampleRandom) -> Tensor:
-        """``best`` with one square window reset to clean + eps * s, s the first drawn sign pattern that
-        changes the window (the paper's resampling loop, at most SIGN_DRAWS draws)."""
+    def _clean_done(self, objective: Objective, images: Tensor, goal: Tensor) -> Tensor:
+        """(B,) bool: the samples whose clean images already reach the goal (one query, counted as the attack's
+        also where the caller made it and promises none, ``clean_unfooled``)."""
+        if self.clean_unfooled:
+            return torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        return succeeded(class_logits(objective, images), goal, self.targets.targeted)
+
+    def _propose(self, images: Tensor, candidates: Tensor, side: int, random: SampleRandom) -> Tensor:
+        """``candidates`` (a copy of the samples' best points, written in place) with one square window reset
+        to clean + eps * s, s the first drawn sign pattern that changes the window (the paper's resampling
+        loop, at most SIGN_DRAWS draws)."""
         height, width = images.shape[2:]
         top = random.shared(partial(torch.randint, 0, height - side + 1), ())
         left = random.shared(partial(torch.randint, 0, width - side + 1), ())
         signs = self.eps * random_signs(random, (SIGN_DRAWS, images.shape[1]))
         window = square_window(top, left, side, images)
         proposals = (images[window][:, None] + signs[:, :, :, None, None]).clamp(0, 1)
-        changed = ((proposals - best[window][:, None]).abs() > 1e-7).flatten(2).any(dim=2)
+        changed = ((proposals - candidates[window][:, None]).abs() > 1e-7).flatten(2).any(dim=2)
         first_change = changed.int().argmax(dim=1)
-        candidates = best.clone()
         candidates[window] = proposals[torch.arange(len(images), device=images.device), first_change]
         return candidates
 
@@ -135,23 +145,23 @@ class SquareAttack(Attack):
         objective: Objective,
         images: Tensor,
         candidates: Tensor,
+        rows: Tensor,
         goal: Tensor,
         best: Tensor,
         loss: Tensor,
         done: Tensor,
         recorder: TraceRecorder,
     ) -> None:
-        """Query the candidates of the samples not done and keep those that lower the loss, updating
-        ``best``, ``loss`` and ``done`` in place."""
-        active = ~done
-        if not active.any():
+        """Query the ``candidates`` of the samples ``rows`` (those not done) and keep those that lower the loss,
+        updating ``best``, ``loss`` and ``done`` in place."""
+        if len(rows) == 0:
             return
-        index = active.nonzero().squeeze(1)
-        logits = class_logits(objective, candidates[index])
-        new_loss = self._loss(logits, goal[index])
-        improved = new_loss < loss[index]
-        chosen = index[improved]
-        best[chosen] = candidates[chosen]
+        active = ~done
+        logits = class_logits(objective, candidates)
+        new_loss = self._loss(logits, goal[rows])
+        improved = new_loss < loss[rows]
+        chosen = rows[improved]
+        best[chosen] = candidates[improved]
         loss[chosen] = new_loss[improved]
         done[chosen] = succeeded(logits[improved], goal[chosen], self.targets.targeted)
         recorder.add_queries(active.long())

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
     from benchmarks.grid import resolve_config
     from benchmarks.hardware import world_size
-    from benchmarks.preemption import EXIT_CODE
+    from benchmarks.preemption import EXIT_CODE, exit_at_once
     from benchmarks.runner import BenchmarkRunner, RunOptions
     from benchmarks.validation import validate_benchmark
 
@@ -143,9 +143,10 @@ def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
     summary = runner.run()
     if summary.preempted:
         abandoned = f"cell {summary.abandoned} abandoned (not stored)" if summary.abandoned else "between cells"
-        print(f"medadv run: stopped by SIGTERM, {abandoned}; {summary.done} cells run. Nothing done is lost: run "
-              f"the same command again to resume", file=sys.stderr)
-        return EXIT_CODE
+        if runner.writer:  # rank 0 reports; other ranks exit 0, or the launcher would end rank 0 mid-report
+            print(f"medadv run: stopped by SIGTERM, {abandoned}; {summary.done} cells run. Nothing done is lost: run "
+                  f"the same command again to resume", file=sys.stderr)
+        exit_at_once(EXIT_CODE if runner.writer else 0)
     if not runner.writer:
         return 0
     elsewhere = f", {summary.elsewhere} by other workers" if summary.elsewhere else ""

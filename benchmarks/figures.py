@@ -29,6 +29,7 @@ from benchmarks.tables import (
     summarize,
     unique,
 )
+from callbacks.worst_case import threat_group
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
@@ -92,10 +93,12 @@ def budget_curves(
 ) -> Image | None:
     """One panel per metric: ``adv/{metric}`` against the numeric budget, one line per attack (error bars over
     seeds, or the 95% band of one seed), the clean value as a dashed line, and in the first panel the
-    per-sample worst case over the Linf attacks (``worst``) as a thick black line. Minimal-norm budgets
-    (``min``) are left out."""
+    per-sample worst case over the Linf attacks (``worst``) as a thick black line. Only budgets that are the
+    attack's ``eps`` are drawn (not minimal-norm ``min``, exposure steps or pixel counts), each attack at its own
+    budgets."""
     colors = attack_colors(records)
-    records = [r for r in records if budget_value(r.budget) is not None]
+    records = [r for r in records if any(threat_group(attack.get("settings", {}), r.budget) is not None
+                                         for attack in r.settings.get("attacks", []))]
     metrics = [m for m in metrics if any(f"adv/{m}" in r.metrics for r in records)]
     if not metrics:
         return None
@@ -108,8 +111,9 @@ def budget_curves(
         if clean:
             ax.axhline(clean.mean, color="black", linestyle="--", linewidth=1, label="clean")
         for attack in unique(r.attack for r in measured):
-            summaries = [summarize(select(measured, attack=attack, budget=b), f"adv/{metric}") for b in budgets]
-            draw_line(ax, values, summaries, color=colors[attack], label=attack)
+            own = ordered_budgets(r.budget for r in measured if r.attack == attack)
+            summaries = [summarize(select(measured, attack=attack, budget=b), f"adv/{metric}") for b in own]
+            draw_line(ax, [budget_value(b) for b in own], summaries, color=colors[attack], label=attack)
         cases = [case for case in worst if case.norm == "linf" and budget_value(case.budget) is not None]
         if metric == metrics[0] and cases:
             cases.sort(key=lambda case: budget_value(case.budget))
@@ -128,8 +132,9 @@ def budget_curves(
     return Image(f"{names.capitalize()} against budget", png_of(figure),
                  "One seed: shaded 95% interval (Wilson for proportions, bootstrap over images for means); several "
                  "seeds: error bars of one standard deviation. Dashed: clean. Thick black: the per-sample worst case "
-                 "over the Linf attacks of each budget (segmentation: per-image Jaccard), the number to quote; a "
-                 "single attack's curve far above it means that attack alone overstates robustness.")
+                 "over the Linf attacks of each budget (segmentation: per-image Jaccard; detection: per-image "
+                 "recall), the number to quote; a single attack's curve far above it means that attack alone "
+                 "overstates robustness.")
 
 
 def quality_scatter(records: Sequence[CellRecord]) -> Image | None:

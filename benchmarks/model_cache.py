@@ -1,7 +1,9 @@
 """Trained models for benchmark cells: trained once per model spec, cached as a state dict keyed by the
 hash of its train config, overrides and seed, and loaded back with ``torch.load(weights_only=True)``. A cache
 file that does not load (truncated, garbage, a pickle that is more than tensors, weights of another shape) is
-named, moved aside as ``<name>.corrupt-<time>`` and the model trained again, so one bad file blocks nothing."""
+named, moved aside as ``<name>.corrupt-<time>`` and the model trained again, so one bad file blocks nothing.
+Training that runs out of CUDA memory is retried with half the batch size (``fit_halving_on_oom``); the cache
+file records the batch size the model was trained with."""
 
 from __future__ import annotations
 
@@ -11,23 +13,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from benchmarks.grid import ModelSpec
-from benchmarks.training import build_cli
+from benchmarks.training import MIN_TRAIN_BATCH_SIZE, build_cli, fit_halving_on_oom
 
 
 @dataclass
 class TrainedModel:
-    """A task module ready for ``trainer.test`` and the datamodule it was trained on."""
+    """A task module ready for ``trainer.test``, the datamodule it was trained on (at the config's batch size)
+    and the batch size it was trained with (None: a datamodule without ``batch_size``, or a cache file written
+    before the size was recorded)."""
 
     spec: ModelSpec
     module: pl.LightningModule
     datamodule: pl.LightningDataModule
     checkpoint: Path
     trained: bool
+    batch_size: int | None = None
 
 
 def checkpoint_path(spec: ModelSpec, cache_dir: Path) -> Path:
@@ -36,38 +42,45 @@ def checkpoint_path(spec: ModelSpec, cache_dir: Path) -> Path:
     return cache_dir / f"{spec.train_config.stem}-seed{spec.seed}-{spec.digest}.pt"
 
 
-def load_or_train(spec: ModelSpec, cache_dir: Path, trainer_args: Sequence[str] = ()) -> TrainedModel:
-    """The module of ``spec``: loaded from the cache when present, else trained and cached (rank 0 writes,
+def load_or_train(
+    spec: ModelSpec, cache_dir: Path, trainer_args: Sequence[str] = (), min_batch_size: int = MIN_TRAIN_BATCH_SIZE,
+    callbacks: Sequence[pl.Callback] = (),
+) -> TrainedModel:
+    """The module of ``spec``: loaded from the cache when present, else trained (with ``callbacks``, and with half
+    the batch size after a CUDA out-of-memory error, down to ``min_batch_size``) and cached (rank 0 writes,
     atomically, so a run killed while saving leaves no half-written checkpoint)."""
     path = checkpoint_path(spec, cache_dir)
     args = [*spec.args, *trainer_args]
-    cli = build_cli(spec.train_config, cache_dir / "logs", args)
     if path.is_file():
-        if loaded(path, cli.model):
-            return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=False)
-        cli = build_cli(spec.train_config, cache_dir / "logs", args)  # a fresh, seeded model: not half-loaded
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli = build_cli(spec.train_config, cache_dir / "logs", args)
+        cached = load_cached(path, cli.model)
+        if cached is not None:
+            return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=False,
+                                batch_size=cached.get("batch_size"))
+    cli, batch_size = fit_halving_on_oom(spec.train_config, cache_dir / "logs", args, min_batch_size, callbacks)
     if cli.trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".partial-{os.getpid()}")
-        torch.save({"state_dict": cli.model.state_dict(), "digest": spec.digest, "args": spec.args}, partial)
+        state = cli.model.state_dict()
+        torch.save({"state_dict": state, "digest": spec.digest, "args": spec.args, "batch_size": batch_size}, partial)
         os.replace(partial, path)
-    return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=True)
+    return TrainedModel(spec, spec.evaluated(cli.model), cli.datamodule, path, trained=True, batch_size=batch_size)
 
 
-def loaded(path: Path, model: pl.LightningModule) -> bool:
-    """Load the cached state dict at ``path`` into ``model``; when it does not load, say so, move the file aside
-    (:func:`quarantine`) and return False. ``weights_only`` still refuses anything but tensors."""
+def load_cached(path: Path, model: pl.LightningModule) -> dict[str, Any] | None:
+    """Load the cached state dict at ``path`` into ``model`` and return the file's contents; when it does not
+    load, say so, move the file aside (:func:`quarantine`) and return None. ``weights_only`` still refuses
+    anything but tensors and plain values."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(cached["state_dict"])
     except Exception as error:  # RuntimeError, UnpicklingError, EOFError from torch; KeyError, TypeError from the dict
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         moved = quarantine(path)
         print(f"model cache {path} does not load ({type(error).__name__}: {reason[:200]}); moved to {moved} and "
               "training the model again", file=sys.stderr)
-        return False
-    return True
+        return None
+    return cached
 
 
 def quarantine(path: Path) -> Path:

@@ -39,9 +39,10 @@ from benchmarks.leases import (
     worker_name,
 )
 from benchmarks.model_cache import TrainedModel, load_or_train
-from benchmarks.preemption import Preemption
+from benchmarks.preemption import Preemption, leave_process_group
 from benchmarks.progress import CellProgress
 from benchmarks.store import CellRecord, ResultsStore, now
+from callbacks.analysis import CleanViews
 from callbacks.batch_size import halving_on_oom
 
 Claimed = Iterator[tuple[Cell, CellRecord]]  # cells to run, each with its running record
@@ -165,6 +166,7 @@ class BenchmarkRunner:
         self.worker = worker_name()
         self.host = f"{self.worker} shard {options.shard[0]}/{options.shard[1]}"
         self.preemption = Preemption()
+        self.clean_views: dict[tuple, CleanViews] = {}  # analysis views of a model on its first test batch
 
     def run(self) -> RunSummary:
         """Run the shard's pending cells; on SIGTERM stop with the store consistent (``summary.preempted``)."""
@@ -192,9 +194,10 @@ class BenchmarkRunner:
                         self.preemption.check()  # a SIGTERM that came while the cell was being stored
                 except SIGTERMException:  # ours at once, or Lightning's between batches
                     summary.preempted = True
-                    if summary.abandoned and self.writer:
-                        with self.preemption.shielded():
+                    with self.preemption.shielded():  # a second SIGTERM does not cut the clean-up short
+                        if summary.abandoned and self.writer:
                             store.release(summary.abandoned, self.worker)
+                        leave_process_group()  # peers waiting for this rank in a collective operation fail at once
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -253,8 +256,11 @@ class BenchmarkRunner:
             check_finite(output.metrics)
             settings = {"task": getattr(trained[0].module, "task", "unknown")}
             settings |= {"test_batch_size": batch_size} if batch_size else {}
+            trained_with = {item.spec.label: item.batch_size for item in trained if item.batch_size}
+            settings |= {"train_batch_size": trained_with} if trained_with else {}
             record = replace(running, status="done", metrics=output.metrics, settings=running.settings | settings)
         except Exception:  # a failing cell is stored with its traceback; the other cells still run
+            self.preemption.check()  # unless SIGTERM came first (a peer rank stopped): then it is abandoned
             record = replace(running, status="failed", error=f"rank {rank_zero_only.rank}: {traceback.format_exc()}")
             print(f"cell {cell.key} failed on {record.error}", file=sys.stderr)
         record = replace(record, seconds=time.perf_counter() - start, finished_at=now())
@@ -271,7 +277,8 @@ class BenchmarkRunner:
         if spec not in self.models:
             settings = self.options.trainer_settings
             self.models[spec] = load_or_train(
-                spec, self.options.output / "models", [f"--trainer.{key}={value}" for key, value in settings.items()]
+                spec, self.options.output / "models", [f"--trainer.{key}={value}" for key, value in settings.items()],
+                callbacks=[self.preemption],
             )
         return self.models[spec]
 
@@ -303,18 +310,25 @@ class BenchmarkRunner:
         models = {item.spec.label: item.module for item in trained}
         kind = CELL_KINDS[cell.kind]
         callback = kind.callback(cell, models)
+        analysis = getattr(callback, "analysis", None)
+        views_key = (cell.models, cell.seed, repr(cell.evaluation.get("analysis")),
+                     getattr(trained[0].datamodule, "batch_size", None))
+        if analysis is not None:  # the landscape, clean maps and features depend on the model, not the attack
+            analysis.reuse(self.clean_views.get(views_key))
         pl.seed_everything(cell.seed, workers=True, verbose=False)
         with self.loggers(cell, trained[0]) as loggers:
             trainer = pl.Trainer(
                 **self.options.trainer_settings,
                 logger=loggers,
-                callbacks=[callback],
+                callbacks=[callback, self.preemption],
                 limit_test_batches=max_batches or 1.0,  # clean and attacked alike
                 enable_checkpointing=False,
                 enable_progress_bar=False,
                 enable_model_summary=False,
             )
             trainer.test(trained[0].module, datamodule=trained[0].datamodule, verbose=False)
+        if analysis is not None and analysis.clean is not None:
+            self.clean_views[views_key] = analysis.clean
         return kind.results(cell, callback)
 
     @contextmanager

@@ -34,6 +34,7 @@ METRIC_NAMES = {
     "pixel_accuracy": "pixel accuracy", "map": "mAP", "map_50": "mAP@0.5", "mean_iou": "matched-box IoU",
     "success_rate": "success rate", "targeted_success_rate": "targeted success rate",
     "image_jaccard": "per-image Jaccard",
+    "image_recall": "per-image recall",
 }
 QUALITY_COLUMNS = (
     ("adv/success_rate", "success rate"), ("adv/ssim", "SSIM"), ("adv/psnr", "PSNR (dB)"),
@@ -251,7 +252,7 @@ def model_tables(records: Sequence[CellRecord]) -> list[Table]:
     return [table for table in tables if table is not None]
 
 
-PER_SAMPLE_METRICS = {"classification": "accuracy", "segmentation": "image_jaccard"}
+PER_SAMPLE_METRICS = {"classification": "accuracy", "segmentation": "image_jaccard", "detection": "image_recall"}
 SamplesOf = Callable[[str], SampleScores]
 
 
@@ -271,8 +272,8 @@ class WorstCase:
 
 def worst_cases(records: Sequence[CellRecord], samples_of: SamplesOf) -> list[WorstCase]:
     """For each budget (and norm), each sample counts as robust only if every attack cell at that budget failed
-    on it (classification: correct under all; segmentation: the image's lowest Jaccard). The interval of one
-    seed is Wilson's for accuracy, the bootstrap's over images for a mean score."""
+    on it (classification: correct under all; segmentation: the image's lowest Jaccard; detection: its lowest
+    recall). The interval of one seed is Wilson's for accuracy, the bootstrap's over images for a mean score."""
     metric = PER_SAMPLE_METRICS.get(task_of(records) or "")
     if metric is None:
         return []

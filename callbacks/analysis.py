@@ -93,6 +93,7 @@ class AdversarialAnalysis:
             raise ValueError(f"radius must be in (0, 1], got {radius!r}")
         self.samples, self.radius, self.points, self.features, self.seed = samples, radius, points, features, seed
         self.clean: CleanViews | None = None
+        self.reused: CleanViews | None = None
         self.views: dict[str, AttackViews] = {}
 
     def observe(self, key: str, module: nn.Module, images: Tensor, target: Any, adv_images: Tensor) -> None:
@@ -158,6 +159,11 @@ class AdversarialAnalysis:
         views = self.views.get(key)
         return dict(views.arrays) if views else {}
 
+    def reuse(self, clean: CleanViews | None) -> None:
+        """Start each evaluation from ``clean``, the views of an earlier evaluation of the same model on the
+        same first batch (they depend on the model alone), instead of computing them again."""
+        self.reused = clean
+
     def reset(self) -> None:
-        """Forget the batch analysed (a new ``trainer.test`` starts afresh)."""
-        self.clean, self.views = None, {}
+        """Forget the batch analysed (a new ``trainer.test`` starts afresh, from the reused clean views)."""
+        self.clean, self.views = self.reused, {}

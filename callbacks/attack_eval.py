@@ -23,7 +23,7 @@ from attacks.budgets import MINIMAL, budget_label
 from attacks.precision import check_precision
 from callbacks.batch_size import AttackBatchSizes, attack_in_chunks, check_attack_batch_size
 from callbacks.bootstrap import BootstrapIntervals, Parts, mean_parts, sample_keys
-from callbacks.checks import CellSummary, LossEvidence, ModelEvidence, cross_checks, verdicts
+from callbacks.checks import CellSummary, GradientEvidence, LossEvidence, ModelEvidence, cross_checks, verdicts
 from callbacks.distributed import gather_objects
 from callbacks.examples import Example, examples_of
 from callbacks.fit_data import fit_dataloader
@@ -232,6 +232,7 @@ class AdversarialEvaluation(pl.Callback):
         if self.analysis is not None:
             self.analysis.reset()
         self.model_evidence = ModelEvidence().to(pl_module.device)
+        self.gradient_evidence = GradientEvidence(self.attacks).to(pl_module.device)
         self.loss_evidence = nn.ModuleDict({metric_slot(key): LossEvidence() for key in self.attacks}).to(
             pl_module.device
         )
@@ -271,8 +272,10 @@ class AdversarialEvaluation(pl.Callback):
             self.keep_sample_scores("clean", clean.per_sample(objective, clean_outputs, target), batch["id"])
             if self.clean_brisque is not None:
                 self.clean_brisque.update(images)
-            with frozen_model(objective.model):
-                self.model_evidence.update(objective, images, target, clean_outputs)
+            if batch_idx == 0:  # the model-level checks read each process's first batch: evidence enough
+                with frozen_model(objective.model):
+                    self.model_evidence.update(objective, images, clean_outputs)
+                    self.gradient_evidence.update(objective, images, target)
             rows = correct_rows(objective.predict(clean_outputs), target) if self.attacking_correct else None
             for key, attack in self.attacks.items():
                 size = self.chunk_size(attack, objective, images, target, batch["id"])
@@ -307,6 +310,7 @@ class AdversarialEvaluation(pl.Callback):
             clean_values["brisque"] = self.clean_brisque.compute()
         self.results = {f"clean/{name}": float(value) for name, value in clean_values.items()}
         model_evidence = self.model_evidence.compute()
+        gradient_evidence = self.gradient_evidence.compute()
         for key, attack in self.attacks.items():
             slot = metric_slot(key)
             values = self.scores[slot].compute_scores()
@@ -316,7 +320,7 @@ class AdversarialEvaluation(pl.Callback):
             values |= self.intervals[slot].compute()
             values |= getattr(attack, "fit_summary", {})
             self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
-            evidence = model_evidence | self.loss_evidence[slot].compute()
+            evidence = model_evidence | gradient_evidence[key] | self.loss_evidence[slot].compute()
             if unbounded(attack, key):
                 evidence["check/unbounded_not_broken"] = values[self.scores[slot].headline[0]]
             self.results |= {f"check/{key}/{name.removeprefix('check/')}": float(v) for name, v in evidence.items()}
@@ -331,7 +335,8 @@ class AdversarialEvaluation(pl.Callback):
             pl_module.log(name, value, rank_zero_only=True)
         self.checks = self.check_verdicts()
         for metrics in (*self.scores.values(), *self.perturbation.values(), *self.quality.values(),
-                        *self.intervals.values(), *self.loss_evidence.values(), self.model_evidence):
+                        *self.intervals.values(), *self.loss_evidence.values(), self.model_evidence,
+                        self.gradient_evidence):
             metrics.reset()
         if self.clean_brisque is not None:
             self.clean_brisque.reset()

@@ -2,8 +2,8 @@
 "On evaluating adversarial robustness"; Pintor et al. 2022, "Indicators of attack failure"; the checks of
 Croce & Hein's AutoAttack).
 
-Per cell, ``ModelEvidence`` and ``LossEvidence`` gather numbers during the evaluation, stored as
-``check/{name}`` metrics (``unbounded_not_broken`` is the accuracy an unbounded attack left);
+Per cell, ``ModelEvidence``, ``GradientEvidence`` and ``LossEvidence`` gather numbers during the evaluation,
+stored as ``check/{name}`` metrics (``unbounded_not_broken`` is the accuracy an unbounded attack left);
 across the cells of one model, ``cross_checks`` compares attacks and budgets. ``verdicts`` turns the
 stored numbers into "pass" or "warn: reason", wherever they are shown (callback warnings, report, W&B).
 """
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from attacks.base import AttackTrace, Objective, input_gradient
+from attacks.adaptive import AdaptiveAttack
+from attacks.base import Attack, AttackTrace, Objective, input_gradient
 from attacks.budgets import budget_value
 
 TINY_GRADIENT = 1e-12  # largest |gradient| entry below which a sample's input gradient counts as vanished
@@ -86,16 +87,16 @@ def _sums(metric: Metric, *names: str) -> None:
 
 class ModelEvidence(Metric):
     """Model-level evidence from the clean batches, in sum states (DDP-exact): batches whose two forward
-    passes differ, batches of probability outputs, samples whose input gradient vanished."""
+    passes differ and batches of probability outputs."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        _sums(self, "samples", "vanishing", "random_batches", "probability_batches")
+        _sums(self, "random_batches", "probability_batches")
 
-    def update(self, objective: Objective, images: Tensor, target: Any, clean_outputs: Any) -> None:
-        """One more forward pass and one input gradient of the task loss on a clean batch."""
+    def update(self, objective: Objective, images: Tensor, clean_outputs: Any) -> None:
+        """One more forward pass of a clean batch, compared with its first."""
         with torch.no_grad():
             first = objective.logits(clean_outputs).float()
             second = objective.logits(objective.forward(images)).float()
@@ -104,18 +105,58 @@ class ModelEvidence(Metric):
         in_unit = bool(((first >= 0) & (first <= 1)).all())
         sums_to_one = bool(((first.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all())
         self.probability_batches += float(in_unit and sums_to_one)
-        with torch.enable_grad():  # torchmetrics runs update without gradients
-            gradient, _ = input_gradient(objective, images, target)
-        largest = gradient.flatten(1).abs().amax(dim=1)
-        self.vanishing += (~largest.isfinite() | (largest < TINY_GRADIENT)).sum()
-        self.samples += len(images)
 
     def compute(self) -> dict[str, Tensor]:
         return {
-            "check/vanishing_gradients": (self.vanishing / self.samples).float(),
             "check/random_model": self.random_batches.float(),
             "check/probability_outputs": self.probability_batches.float(),
         }
+
+
+def followed_objective(attack: Attack, objective: Objective) -> Objective:
+    """The objective whose input gradient ``attack`` follows: an adaptive attack's BPDA/EOT wrapper of
+    ``objective`` (``AdaptiveAttack.wrapped``), else ``objective`` itself."""
+    return attack.wrapped(objective) if isinstance(attack, AdaptiveAttack) else objective
+
+
+def gradient_route(attack: Attack) -> str:
+    """The same name for attacks that follow the same gradient: ``model``, or an adaptive attack's method
+    and draws (``bpda_eot/20``)."""
+    return f"{attack.method}/{attack.draws}" if isinstance(attack, AdaptiveAttack) else "model"
+
+
+def vanished(gradient: Tensor) -> Tensor:
+    """(B,) whether each sample's input gradient is zero, NaN or tiny (largest entry below ``TINY_GRADIENT``)."""
+    largest = gradient.flatten(1).abs().amax(dim=1)
+    return ~largest.isfinite() | (largest < TINY_GRADIENT)
+
+
+class GradientEvidence(Metric):
+    """Per attack, the share of clean samples whose input gradient vanished, taken through the objective
+    the attack follows (``followed_objective``: the model's own gradient, or an adaptive attack's BPDA/EOT
+    gradient, zero by design without the wrapper); one input gradient per distinct ``gradient_route``."""
+
+    full_state_update = False
+
+    def __init__(self, attacks: Mapping[str, Attack]) -> None:
+        super().__init__()
+        self.routes = {key: gradient_route(attack) for key, attack in attacks.items()}
+        self.followers = {route: attack for attack, route in zip(attacks.values(), self.routes.values(), strict=True)}
+        self.add_state("vanishing", default=torch.zeros(len(self.followers), dtype=torch.float64), dist_reduce_fx="sum")
+        _sums(self, "samples")
+
+    def update(self, objective: Objective, images: Tensor, target: Any) -> None:
+        """One input gradient of the task loss on a clean batch per route."""
+        with torch.enable_grad():  # torchmetrics runs update without gradients
+            for index, attack in enumerate(self.followers.values()):
+                gradient, _ = input_gradient(followed_objective(attack, objective), images, target)
+                self.vanishing[index] += vanished(gradient).sum()
+        self.samples += len(images)
+
+    def compute(self) -> dict[str, dict[str, Tensor]]:
+        """``{attack key: {"check/vanishing_gradients": share}}``."""
+        shares = dict(zip(self.followers, (self.vanishing / self.samples).float(), strict=True))
+        return {key: {"check/vanishing_gradients": shares[route]} for key, route in self.routes.items()}
 
 
 class LossEvidence(Metric):

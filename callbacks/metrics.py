@@ -243,9 +243,14 @@ class DetectionEffects(Metric):
         )
 
     def update(self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]]) -> None:
-        for prediction, truth in zip(preds, target, strict=True):
+        """Add the batch's counts; its per-image counts stay in ``batch_counts`` until the next batch."""
+        self.batch_counts = [
+            detection_effects(prediction, truth, self.score_threshold, self.iou_threshold)
+            for prediction, truth in zip(preds, target, strict=True)
+        ]
+        for counts in self.batch_counts:
             self.images += 1
-            for name, count in detection_effects(prediction, truth, self.score_threshold, self.iou_threshold).items():
+            for name, count in counts.items():
                 setattr(self, name, getattr(self, name) + count.to(self.images.device))
 
     def compute(self) -> dict[str, Tensor]:

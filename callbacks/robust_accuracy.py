@@ -5,6 +5,7 @@ its clean image and counts as non-robust. Classification only (docs/metrics.md).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ AttackRun = Callable[[Tensor, Tensor, Sequence[str]], AttackResult]
 
 
 def stopping_early(attack: Attack) -> Attack:
-    """The attack rebuilt with ``early_stop=True`` where its constructor takes ``early_stop`` (the gradient family,
-    APGD, SMIA); the attack itself otherwise (Square and AutoAttack's stages stop fooled samples already)."""
-    if "early_stop" not in inspect.signature(type(attack)).parameters or attack.settings.get("early_stop"):
-        return attack
-    return attack.configured(early_stop=True)
+    """The attack as robust-accuracy mode runs it, a copy: rebuilt with ``early_stop=True`` where its constructor
+    takes ``early_stop`` (the gradient family, APGD, SMIA; Square and AutoAttack's stages stop fooled samples
+    already) and, when untargeted, told that no sample it gets is fooled clean (``Attack.clean_unfooled``: the mode
+    passes only correctly classified samples), so it skips its own clean check."""
+    takes_early_stop = "early_stop" in inspect.signature(type(attack)).parameters
+    rebuilt = attack.configured(early_stop=True) if takes_early_stop else copy.copy(attack)
+    rebuilt.clean_unfooled = attack.settings.get("target_mode", "untargeted") == "untargeted"
+    return rebuilt
 
 
 def correct_rows(predictions: Tensor, target: Tensor) -> Tensor:

@@ -17,9 +17,7 @@ from callbacks.metrics import (
     ClassificationScores,
     DetectionEffects,
     SegmentationScores,
-    detection_effects,
 )
-from callbacks.surface_distance import image_hausdorff95
 from lightning_modules.metrics import MatchedBoxIoU
 
 
@@ -38,7 +36,8 @@ class TaskScores(nn.Module):
         return None
 
     def per_image_parts(self, objective: Any, outputs: Any, target: Any) -> Parts:
-        """Per-image (numerator, denominator) of each of ``mean_metrics``, for their bootstrap intervals."""
+        """Per-image (numerator, denominator) of each of ``mean_metrics``, for their bootstrap intervals; called
+        after ``update_scores`` on the same batch, whose per-image values it may reuse."""
         return {}
 
     def update_success(self, objective: Any, clean: Any, adversarial: Any, target: Any, goal: Any) -> None:
@@ -104,12 +103,12 @@ class SegmentationTaskScores(TaskScores):
         return torch.where(union > 0, overlap / union.clamp_min(1), torch.ones_like(overlap, dtype=torch.float))
 
     def per_image_parts(self, objective: Any, outputs: Any, target: Tensor) -> Parts:
-        """Each image's pixel counts behind the pooled Jaccard, Dice and pixel accuracy, and its HD95."""
-        masks = objective.predict(outputs) > 0, target > 0
-        hd95 = image_hausdorff95(*masks)
-        predicted, truth = (mask.flatten(1) for mask in masks)
-        tp, fp = (predicted & truth).sum(dim=1), (predicted & ~truth).sum(dim=1)
-        fn, pixels = (~predicted & truth).sum(dim=1), torch.full_like(tp, truth.shape[1])
+        """Each image's pixel counts behind the pooled Jaccard, Dice and pixel accuracy, and its HD95: the rows
+        ``update_scores`` just kept for this batch, so each image's HD95 is computed once."""
+        rows = self.scores.rows[-1] if self.scores.rows else None
+        if rows is None or len(rows) != len(target):
+            raise RuntimeError("per_image_parts reads the rows of update_scores: call that first, on the same batch")
+        _, tp, fp, fn, pixels, hd95 = rows.unbind(dim=1)
         return {
             "jaccard": (tp, tp + fp + fn),
             "dice": (2 * tp, 2 * tp + fp + fn),
@@ -126,6 +125,7 @@ class DetectionTaskScores(TaskScores):
     scoring above ``score_threshold``."""
 
     headline = ("map", "map_50")
+    per_sample_metric = "image_recall"
     mean_metrics = ("hallucinations_per_image", "detections_per_image")
 
     def __init__(self, score_threshold: float = 0.5) -> None:
@@ -140,13 +140,25 @@ class DetectionTaskScores(TaskScores):
         self.matched_iou.update(predictions, target)
         self.effects.update(predictions, target)
 
+    def batch_counts(self, target: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """The per-image counts ``update_scores`` just made for this batch (``detection_effects``)."""
+        counts = getattr(self.effects, "batch_counts", [])
+        if len(counts) != len(target):
+            raise RuntimeError("the per-image scores read the counts of update_scores: call that first, on the "
+                               "same batch")
+        return counts
+
+    def per_sample(self, objective: Any, outputs: Any, target: list[dict[str, Tensor]]) -> Tensor:
+        """Each image's recall: the share of its objects found with the right label (``true_positives`` /
+        ``objects``); 1 for an image without objects."""
+        counts = self.batch_counts(target)
+        found = torch.stack([count["true_positives"] for count in counts]).float()
+        objects = torch.stack([count["objects"] for count in counts]).float()
+        return torch.where(objects > 0, found / objects.clamp_min(1), torch.ones_like(found))
+
     def per_image_parts(self, objective: Any, outputs: Any, target: list[dict[str, Tensor]]) -> Parts:
         """Each image's hallucinations and detections above the score threshold, for their bootstrap intervals."""
-        effects = self.effects
-        counts = [
-            detection_effects(prediction, truth, effects.score_threshold, effects.iou_threshold)
-            for prediction, truth in zip(objective.predict(outputs), target, strict=True)
-        ]
+        counts = self.batch_counts(target)
         return {
             f"{name}_per_image": mean_parts(torch.stack([count[name] for count in counts]).double())
             for name in ("hallucinations", "detections")

@@ -17,10 +17,7 @@ from callbacks.examples import Example
 if TYPE_CHECKING:
     from callbacks.analysis import AdversarialAnalysis
 
-EXAMPLE_COLUMNS = [
-    "id", "attack", "clean", "perturbation (amplified)", "adversarial", "label", "clean prediction",
-    "adversarial prediction",
-]
+EXAMPLE_COLUMNS = ["id", "attack", "label", "clean prediction", "adversarial prediction"]
 
 
 def has_api_key() -> bool:
@@ -76,20 +73,23 @@ def wandb_loggers(loggers: Iterable[Any]) -> list[WandbLogger]:
 
 
 def log_examples(logger: WandbLogger, examples: Sequence[Example], key: str = "examples") -> None:
-    """Log example triplets as a ``wandb.Table`` of images and texts."""
+    """Log the example triplets: ``{key}`` (table: id, attack, label and predictions) and ``{key}/images`` (one
+    clean | amplified perturbation | adversarial strip per row, captioned with the row's texts; a list, as offline
+    runs of wandb 0.31 keep no images inside tables)."""
     import wandb
 
     table = wandb.Table(columns=EXAMPLE_COLUMNS)
+    strips = []
     for row in examples:
-        table.add_data(
-            row.sample_id,
-            row.attack,
-            *(wandb.Image(image.permute(1, 2, 0).numpy()) for image in (row.clean, row.perturbation, row.adversarial)),
-            row.label,
-            row.clean_prediction,
-            row.adversarial_prediction,
-        )
-    logger.experiment.log({key: table})
+        table.add_data(row.sample_id, row.attack, row.label, row.clean_prediction, row.adversarial_prediction)
+        caption = (f"{row.sample_id} {row.attack}: clean | perturbation | adversarial; label {row.label}, "
+                   f"prediction {row.clean_prediction} -> {row.adversarial_prediction}")
+        strip = torch.cat((row.clean, row.perturbation, row.adversarial), dim=2)
+        strips.append(wandb.Image(strip.permute(1, 2, 0).numpy(), caption=caption))
+    logged: dict[str, Any] = {key: table}
+    if strips:
+        logged[f"{key}/images"] = strips
+    logger.experiment.log(logged)
 
 
 def log_run_config(logger: WandbLogger, config: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ from datamodules.lung import LungSegmentationDataModule
 from datamodules.lung_fields import LungFieldDetectionDataModule
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.paths import shared_data_dir
+from datamodules.polyps import PolypDetectionDataModule
 from datamodules.synthetic import (
     SyntheticEndoscopyDataModule,
     SyntheticFundusDataModule,
@@ -26,6 +27,7 @@ __all__ = [
     "LungSegmentationDataModule",
     "MedMNISTDataModule",
     "MedicalDataModule",
+    "PolypDetectionDataModule",
     "SyntheticEndoscopyDataModule",
     "SyntheticFundusDataModule",
     "SyntheticLungCTDataModule",

@@ -5,27 +5,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import cv2
 import numpy as np
 
 from datamodules.lung import LungSegmentationDataModule
+from datamodules.mask_boxes import check_min_area, component_boxes
 from datamodules.pipeline import Boxes, Example
 
 LUNG_FIELDS = ["right lung", "left lung"]  # the patient's sides: the right lung lies on the image's left (PA view)
 
 
 def lung_field_boxes(mask: np.ndarray, min_area: float) -> Boxes:
-    """One xyxy pixel box per 8-connected component of ``mask`` covering at least ``min_area`` of the image,
-    labelled 1 (right lung) when its centroid lies in the image's left half, else 2 (left lung)."""
-    count, _, stats, centroids = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    height, width = mask.shape[:2]
-    boxes, labels = [], []
-    for component in range(1, count):  # 0 is the background
-        x, y, w, h, area = stats[component]
-        if area >= min_area * height * width:
-            boxes.append([x, y, x + w, y + h])
-            labels.append(1 if centroids[component][0] < width / 2 else 2)
-    return Boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
+    """One xyxy pixel box per 8-connected component of ``mask`` covering at least ``min_area`` of the image
+    (``component_boxes``), labelled 1 (right lung) when its centroid lies in the image's left half, else 2."""
+    boxes, centroids = component_boxes(mask, min_area)
+    labels = np.where(centroids[:, 0] < mask.shape[1] / 2, 1, 2).astype(np.int64)
+    return Boxes(boxes, labels)
 
 
 class LungFieldDetectionDataModule(LungSegmentationDataModule):
@@ -37,10 +31,11 @@ class LungFieldDetectionDataModule(LungSegmentationDataModule):
     num_classes = len(LUNG_FIELDS)
     class_names = LUNG_FIELDS
 
-    def __init__(self, root: str, min_area: float = 0.01, channels: int = 3, flip_p: float = 0.0, **options: Any):
+    def __init__(
+        self, root: str, min_area: float = 0.01, channels: int = 3, flip_p: float = 0.0, **options: Any
+    ) -> None:
         super().__init__(root, channels=channels, flip_p=flip_p, **options)
-        if not 0.0 <= min_area < 1.0:
-            raise ValueError(f"min_area must be in [0, 1), got {min_area}")
+        check_min_area(min_area)
         self.min_area = min_area
 
     def load_example(self, record: Any) -> Example:

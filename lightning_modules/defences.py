@@ -186,12 +186,29 @@ class RandomTransform(nn.Module):
         return self.generators[key]
 
 
+def uniform_below(counts: Tensor, generator: torch.Generator) -> Tensor:
+    """(B,) integers, the i-th uniform in 0..counts[i] - 1 (one float64 draw each)."""
+    return (torch.rand(counts.shape, generator=generator, dtype=torch.float64) * counts).floor().long()
+
+
+def nearest_sources(offsets: Tensor, sizes: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Where an edge of ``length`` pixels, resized to ``sizes`` (B,) and placed at ``offsets`` (B,) on a canvas of
+    the same length, shows each source pixel: (B, length) source indices, as ``F.interpolate(mode="nearest")``
+    picks them (floor(i * length / size) in float32, ATen's ``nearest_idx``), and whether the position is inside."""
+    positions = torch.arange(length)[None] - offsets[:, None]
+    inside = (positions >= 0) & (positions < sizes[:, None])
+    scales = torch.tensor(float(length)) / sizes.float()
+    sources = (positions.float() * scales[:, None]).floor().long().clamp(0, length - 1)
+    return sources, inside
+
+
 class RandomResizePad(RandomTransform):
     """Random resizing and padding (Xie et al., ICLR 2018, "Mitigating adversarial effects through
     randomization", Sec. 3), per image: resize (nearest neighbour) to a random s x s', s uniform in
     [ceil(min_scale H), H], s' = round(s W / H), then zero-pad at a uniform random offset back to H x W.
     The paper grows 299 pixels to 299..330 and pads to 331 (scale 0.90-1); here the canvas is the input
-    size, so the shape is kept. Geometric: meant for classifiers (a dense output would move with it)."""
+    size, so the shape is kept. Geometric: meant for classifiers (a dense output would move with it).
+    A batch's sizes, then its row and column offsets, are drawn at once and its copies made by one gather."""
 
     def __init__(self, min_scale: float = 0.9, fill: float = 0.0, seed: int = 0) -> None:
         super().__init__(seed)
@@ -201,17 +218,16 @@ class RandomResizePad(RandomTransform):
         self.fill = float(fill)
 
     def forward(self, images: Tensor) -> Tensor:
-        height, width = images.shape[-2:]
+        batch, channels, height, width = images.shape
         generator = self.generator(torch.device("cpu"))
-        canvas = torch.full_like(images, self.fill)
-        for index, image in enumerate(images):
-            size = int(torch.randint(math.ceil(self.min_scale * height), height + 1, (), generator=generator))
-            size_w = min(width, max(1, round(size * width / height)))
-            top = int(torch.randint(0, height - size + 1, (), generator=generator))
-            left = int(torch.randint(0, width - size_w + 1, (), generator=generator))
-            resized = F.interpolate(image[None], size=(size, size_w), mode="nearest")[0]
-            canvas[index, :, top : top + size, left : left + size_w] = resized
-        return canvas
+        heights = torch.randint(math.ceil(self.min_scale * height), height + 1, (batch,), generator=generator)
+        widths = (heights.double() * width / height).round().long().clamp(1, width)
+        rows, row_inside = nearest_sources(uniform_below(height - heights + 1, generator), heights, height)
+        cols, col_inside = nearest_sources(uniform_below(width - widths + 1, generator), widths, width)
+        index = (rows[:, :, None] * width + cols[:, None, :]).flatten(1).to(images.device)
+        copies = images.flatten(2).gather(2, index[:, None].expand(-1, channels, -1)).view_as(images)
+        inside = (row_inside[:, :, None] & col_inside[:, None, :])[:, None].to(images.device)
+        return torch.where(inside, copies, self.fill)
 
 
 class GaussianNoise(RandomTransform):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from attacks.apgd import APGD, checkpoints
+from attacks.apgd import APGD, APGDDLR, APGDT, checkpoints
 from attacks.gradient import PGD
 from tests.attacks.invariants import accuracy, assert_invariants
+from tests.attacks.test_gradient import CountingObjective, assert_same_result, correctly_classified, promising_unfooled
 from tests.attacks.toys import blob_images
 
 EPS = 8 / 255
@@ -123,3 +124,32 @@ def test_early_stop_keeps_each_first_fooling_iterate_and_leaves_the_others_as_th
     torch.testing.assert_close(early.adv_images[~fooled_early], whole.adv_images[~fooled_early], rtol=0, atol=1e-6)
     assert (early.trace.iterations[fooled_early] < 10).all()
     assert (early.trace.iterations[~fooled_early] == 10).all()
+
+
+@pytest.mark.parametrize("attack_class", [APGD, APGDDLR], ids=["apgd_ce", "apgd_dlr"])
+def test_a_promise_of_unfooled_samples_saves_the_clean_forward_and_changes_no_bit(attack_class, toy_classifier):
+    images, labels, ids = correctly_classified(toy_classifier, *blob_images(32, torch.Generator().manual_seed(5))[:2])
+    attack = attack_class(eps=4 / 255, steps=10, n_restarts=2, early_stop=True)
+    checking, trusting = CountingObjective(toy_classifier), CountingObjective(toy_classifier)
+    checked = attack(checking, images, labels, ids=ids)
+    trusted = promising_unfooled(attack)(trusting, images, labels, ids=ids)
+    stopped = checked.trace.iterations < 20
+    assert stopped.any() and not stopped.all()  # early stop acts on some samples, not all
+    assert_same_result(checked, trusted)
+    assert checking.sizes[0] == len(images) and trusting.sizes == checking.sizes[1:]
+
+
+def test_apgd_t_forwards_the_clean_images_once_for_its_targets_promise_or_not(toy_classifier):
+    images, labels, ids = correctly_classified(toy_classifier, *blob_images(32, torch.Generator().manual_seed(5))[:2])
+    attack = APGDT(eps=4 / 255, steps=5, n_target_classes=2, early_stop=True)
+    graph_free = []
+
+    class Recording(CountingObjective):
+        def forward(self, images):
+            graph_free.append(not torch.is_grad_enabled())  # the clean pass is the only one without a graph
+            return super().forward(images)
+
+    checking, trusting = Recording(toy_classifier), Recording(toy_classifier)
+    checked = attack(checking, images, labels, ids=ids)
+    assert_same_result(checked, promising_unfooled(attack)(trusting, images, labels, ids=ids))
+    assert trusting.sizes == checking.sizes and graph_free.count(True) == 2  # once per call

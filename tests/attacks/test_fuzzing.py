@@ -330,3 +330,7 @@ def test_budget_labels_read_back_as_the_budget(budget):
     assert "/" not in label and label == budget_label(parse_budget(budget_text(label), "label"))
     assert parse_budget(budget_text(label), "label") == pytest.approx(budget, rel=1e-5, abs=1e-300)
     assert budget_value(label) == pytest.approx(budget, rel=1e-5, abs=1e-300)
+
+
+def test_a_budget_a_hair_below_a_short_decimal_grey_level_reads_back_as_that_decimal():
+    assert budget_label(1.9999999998835847) == budget_label(2.0) == "2"  # 510/255, found by the fuzzer above

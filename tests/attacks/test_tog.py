@@ -26,6 +26,7 @@ TOG_ATTACKS = {
     "tog_untargeted": TOGUntargeted,
 }
 THRESHOLD = 0.2  # an untrained detector's scores sit near 1 / (K + 1) (Faster R-CNN) or its raised prior
+BACKBONES = {"faster_rcnn": "small", "retinanet": "resnet18"}  # the cheapest backbone of each architecture
 
 
 def detector(architecture: str, num_classes: int = 3) -> DetectorModule:
@@ -34,7 +35,7 @@ def detector(architecture: str, num_classes: int = 3) -> DetectorModule:
     (column 0, the background label, keeps the prior)."""
     torch.manual_seed(0)
     module = DetectorModule(
-        "resnet18",
+        BACKBONES[architecture],
         num_classes=num_classes,
         min_size=SIZE,
         max_size=SIZE,
@@ -257,10 +258,12 @@ def map_50(objective, images: Tensor, target: list[dict[str, Tensor]]) -> float:
 
 @pytest.mark.slow
 def test_each_tog_attack_reaches_its_own_goal_on_a_trained_detector(fitted_detector):
-    """At the reference settings (8/255, 10 steps of 2/255) on the 4 test images the fitted detector finds most
-    in (it is weak: about 0.9 detections above 0.5 per image): vanishing removes most detections above 0.5,
-    fabrication multiplies them, mislabeling raises the designed labels' scores at the detected boxes and lowers
-    the detected ones', untargeted lowers mAP@0.5."""
+    """At the reference settings (8/255, 10 steps of 2/255) on the 4 test frames the fitted detector finds most
+    in (it learned: mAP@0.5 about 0.5; 12 detections above 0.5 on these frames): vanishing removes most of them
+    (12 -> 2 measured), fabrication adds at least one per frame (12 -> 19: a detector that learned keeps its
+    confident detections, so they grow by half rather than double), mislabeling raises the designed labels'
+    scores at the detected boxes and lowers the detected ones', untargeted cuts mAP@0.5 by a quarter or more
+    (0.54 -> 0.26 measured)."""
     module, datamodule = fitted_detector
     datamodule.setup("test")
     batches = list(datamodule.test_dataloader())
@@ -270,12 +273,12 @@ def test_each_tog_attack_reaches_its_own_goal_on_a_trained_detector(fitted_detec
     chosen = counts.argsort(descending=True, stable=True)[:4]
     images, target = images[chosen], [sum((b["target"] for b in batches), [])[i] for i in chosen]
     clean = int(counts[chosen].sum())
-    assert clean > 0
+    assert clean >= len(images)
 
     vanished = TOGVanishing()(objective, images, target).adv_images
     assert sum(len(found["labels"]) for found in detections_above(objective, vanished)) < clean / 2
     fabricated = TOGFabrication()(objective, images, target).adv_images
-    assert sum(len(found["labels"]) for found in detections_above(objective, fabricated)) > 2 * clean
+    assert sum(len(found["labels"]) for found in detections_above(objective, fabricated)) > clean + len(images)
 
     mislabeling = TOGMislabeling()
     goal = mislabeling.designed_target(objective, images, target)
@@ -285,4 +288,4 @@ def test_each_tog_attack_reaches_its_own_goal_on_a_trained_detector(fitted_detec
     assert label_scores(objective, mislabelled, detected) < label_scores(objective, images, detected)
 
     untargeted = TOGUntargeted()(objective, images, target).adv_images
-    assert map_50(objective, untargeted, target) < map_50(objective, images, target)
+    assert map_50(objective, untargeted, target) < 0.75 * map_50(objective, images, target)

@@ -7,6 +7,7 @@ import math
 
 from matplotlib.collections import PolyCollection
 
+from benchmarks import figures
 from benchmarks.figures import draw_line, minimal_norm_curves, new_figure
 from benchmarks.store import CellRecord
 from benchmarks.tables import Summary
@@ -37,3 +38,20 @@ def test_minimal_norm_curves_need_per_sample_norms():
     image = minimal_norm_curves(records, lambda key: norms[key])
     assert image is not None and image.png.startswith(b"\x89PNG")
     assert minimal_norm_curves(records[1:], lambda key: norms[key]) is None
+
+
+def test_budget_curves_draw_each_attack_at_its_own_eps_budgets_only(monkeypatch):
+    def record(attack: str, budget: str, settings: dict, accuracy: float) -> CellRecord:
+        metrics = {"clean/accuracy": 0.9, "adv/accuracy": accuracy, "adv/accuracy_ci_low": accuracy - 0.1,
+                   "adv/accuracy_ci_high": accuracy + 0.1}
+        return CellRecord(f"b/{attack}/{budget}", "b", "h", "attack", "d", "m", attack, budget, 0, "done",
+                          metrics=metrics, settings={"attacks": [{"settings": settings}]})
+
+    records = [record("fgsm", "2_255", {"eps": 2 / 255}, 0.5), record("fgsm", "8_255", {"eps": 8 / 255}, 0.1),
+               record("pgd", "8_255", {"eps": 8 / 255}, 0.0),
+               record("bef", "0.01", {"step_size": 0.01}, 0.2)]  # an exposure step, not a perturbation budget
+    drawn = {}
+    monkeypatch.setattr(figures, "draw_line", lambda ax, values, summaries, **style: drawn.update(
+        {style["label"]: (list(values), [s.interval for s in summaries])}))
+    assert figures.budget_curves(records, ["accuracy"]) is not None
+    assert drawn == {"fgsm": ([2 / 255, 8 / 255], [(0.4, 0.6), (0.0, 0.2)]), "pgd": ([8 / 255], [(-0.1, 0.1)])}

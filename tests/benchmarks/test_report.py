@@ -31,11 +31,9 @@ from benchmarks.tables import (
     transfer_overview,
     transfer_table,
 )
+from tests.benchmarks.browser import needs_chromium, render_in_chromium
 from tests.benchmarks.report_store import BENCHMARK, build_store, cell
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync")
 # The demo store: overview (run + failed cells); fundus resnet18 (accuracy, AUC, FPR, success rate, quality,
 # perturbation), the transfer overview and two transfer matrices, one detector table; lung U-Net (Jaccard,
 # Dice, pixel accuracy, quality, perturbation, task table), the attack-failure checks and attack settings per model.
@@ -236,39 +234,12 @@ def test_unknown_benchmark_is_refused(demo_store, tmp_path):
         write_report(demo_store, "no_such", tmp_path)
 
 
-@pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-                    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (Debian packages chromium, "
-                           "chromium-driver; `make test` installs them when run as root)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        driver.set_window_size(1280, 1000)
-        driver.get(report[0].as_uri())
-        page = driver.execute_script("""
-            const images = [...document.images];
-            return {
-              tables: document.querySelectorAll("table").length,
-              plots: document.querySelectorAll("figure.plot img").length,
-              examples: document.querySelectorAll("figure.example img").length,
-              sections: document.querySelectorAll("section").length,
-              broken: images.filter(i => !(i.complete && i.naturalWidth > 0 && i.width > 0)).map(i => i.alt),
-              fetched: performance.getEntriesByType("resource").map(e => e.name),
-            };""")
-        driver.save_screenshot(str(tmp_path / "report.png"))
-        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-    finally:
-        driver.quit()
-    assert severe == []
-    assert page.pop("broken") == [] and page.pop("fetched") == []
-    assert page == EXPECTED
+    page = render_in_chromium(report[0], tmp_path / "profile", tmp_path / "report.png")
+    assert page.console_errors == []
+    assert page.broken == [] and page.fetched == []
+    assert page.counts == EXPECTED
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 

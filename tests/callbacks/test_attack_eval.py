@@ -56,8 +56,8 @@ def test_classifier_metrics_fall_under_every_attack_family(fitted_classifier):
             "smia": (lambda eps: SMIA(eps=eps, steps=5), [8 / 255]),
             "deepfool": (lambda _: DeepFool(), [None]),
             "bef": (lambda alpha: BracketedExposureFusion(alpha=alpha, steps=5), [0.05]),
-            "uap": (lambda eps: UniversalPerturbation(eps=eps, max_epochs=2), [16 / 255]),
-            "square": (lambda eps: SquareAttack(eps=eps, max_queries=100), [16 / 255]),
+            "uap": (lambda eps: UniversalPerturbation(eps=eps, max_epochs=2, max_fit_images=64), [16 / 255]),
+            "square": (lambda eps: SquareAttack(eps=eps, max_queries=25), [16 / 255]),
         },
     )
     results = evaluate(module, datamodule, callback, limit_test_batches=2)
@@ -72,7 +72,8 @@ def test_classifier_metrics_fall_under_every_attack_family(fitted_classifier):
     # DeepFool leaves misclassified samples unchanged, so success rate and accuracy tell the same story
     success = results["adv/deepfool/min/success_rate"]
     assert results["adv/deepfool/min/accuracy"] == pytest.approx(clean * (1 - success), abs=1e-6)
-    # a 2-epoch universal perturbation and a 100-query Square attack are weak here: check their budgets
+    # a universal perturbation fitted for 2 epochs on 64 images and a 25-query Square attack are weak here: check
+    # their budgets (the whole 280-image split and 100 queries made the test take 74 CPU-s instead of 42)
     for key in ("uap/16_255", "square/16_255"):
         assert results[f"adv/{key}/linf"] <= 16 / 255 + 1e-5, key
     # a larger budget hurts more, and the perturbation statistics describe the budget
@@ -113,13 +114,15 @@ def test_segmenter_jaccard_falls(fitted_segmenter):
 @pytest.mark.slow
 def test_detector_map_falls(fitted_detector):
     module, datamodule = fitted_detector
-    # 10 steps: the detector's fit moves with the CPU's rounding (clean mAP@50 0.22-0.34 on these 8 images
-    # over thread counts and seeds); 3 steps lowered it by -0.02 (a rise) to 0.27, 10 steps by 0.13-0.26
-    callback = AdversarialEvaluation({"pgd": (lambda eps: PGD(eps=eps, steps=10), [16 / 255])})
-    results = evaluate(module, datamodule, callback, limit_test_batches=2)
-    assert results["clean/map_50"] > 0
-    assert results["adv/pgd/16_255/map_50"] < results["clean/map_50"]
-    assert results["adv/pgd/16_255/map_50_drop"] > 0
+    # on the first 8 test frames PGD-3 took mAP@0.5 from 0.45 to 0.17 (PGD-10: 0.17 too); asking for a drop of a
+    # third leaves room for the CPU's rounding, which moves the detector's fit
+    callback = AdversarialEvaluation({"pgd": (lambda eps: PGD(eps=eps, steps=3), [16 / 255])})
+    results = evaluate(module, datamodule, callback, limit_test_batches=1)
+    assert results["clean/map_50"] > 0.25
+    assert results["adv/pgd/16_255/map_50"] < 2 / 3 * results["clean/map_50"]
+    assert results["adv/pgd/16_255/map_50_drop"] == pytest.approx(
+        results["clean/map_50"] - results["adv/pgd/16_255/map_50"]
+    )
 
 
 def test_minimal_norm_attacks_report_the_median_of_their_per_sample_norms(fitted_classifier):

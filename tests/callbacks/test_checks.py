@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from attacks import FGSM, PGD, DeepFool
-from callbacks.checks import CellSummary, LossEvidence, ModelEvidence, cross_checks, stalled_count, verdicts
+from attacks import FGSM, PGD, AdaptiveAttack, DeepFool
+from callbacks.attack_eval import AdversarialEvaluation
+from callbacks.checks import (
+    CellSummary,
+    GradientEvidence,
+    LossEvidence,
+    ModelEvidence,
+    cross_checks,
+    stalled_count,
+    verdicts,
+)
+from datamodules import SyntheticFundusDataModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.defences import InputDefence, build_transform, with_defence
 from lightning_modules.objectives import ClassificationObjective
 from tests.attacks.toys import blob_images, trained_classifier
 
@@ -27,12 +40,14 @@ class Noisy(nn.Module):
 
 
 def evidence(objective: ClassificationObjective, images: torch.Tensor, labels: torch.Tensor, attack) -> dict:
-    model, loss = ModelEvidence(), LossEvidence()
+    model, gradients, loss = ModelEvidence(), GradientEvidence({"cell": attack}), LossEvidence()
     with torch.no_grad():
         clean = objective.forward(images)
-    model.update(objective, images, labels, clean)
+    model.update(objective, images, clean)
+    gradients.update(objective, images, labels)
     loss.update(attack(objective, images, labels).trace)
-    return {k: float(v) for k, v in (model.compute() | loss.compute()).items()}
+    found = model.compute() | gradients.compute()["cell"] | loss.compute()
+    return {k: float(v) for k, v in found.items()}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +75,65 @@ def test_gradient_masking_fires_vanishing_gradients_and_stalled_loss(toy_classif
     assert found["vanishing_gradients"].startswith("warn: 100% of the samples have zero")
     assert found["loss_not_increasing"].startswith("warn:")
     assert found["random_model"] == "pass"
+
+
+QUANTISERS = [("bit_depth", {"bits": 3}), ("jpeg", {"quality": 75})]
+
+
+def vanishing_shares(objective: ClassificationObjective, images: torch.Tensor, labels: torch.Tensor, attacks) -> dict:
+    gradients = GradientEvidence(attacks)
+    gradients.update(objective, images, labels)
+    return {key: float(found["check/vanishing_gradients"]) for key, found in gradients.compute().items()}
+
+
+@pytest.mark.parametrize(("name", "settings"), QUANTISERS)
+def test_vanishing_gradients_reads_the_gradient_the_adaptive_attack_follows(toy_classifier, batch, name, settings):
+    images, labels = batch
+    defended = ClassificationObjective(InputDefence(toy_classifier.model, build_transform(name, **settings)))
+    pgd = PGD(eps=4 / 255, steps=10)
+    attacks = {"pgd": pgd, "pgd-bpda": AdaptiveAttack(pgd, "bpda"), "pgd-bpda-eot": AdaptiveAttack(pgd, "bpda_eot", 2),
+               "pgd-eot": AdaptiveAttack(pgd, "eot", 2)}
+    shares = vanishing_shares(defended, images, labels, attacks)
+    # the quantiser's own gradient is zero, BPDA's is the network's; EOT alone does not remove the masking
+    assert shares == {"pgd": 1.0, "pgd-bpda": 0.0, "pgd-bpda-eot": 0.0, "pgd-eot": 1.0}
+    assert vanishing_shares(toy_classifier, images, labels, {"pgd-eot": attacks["pgd-eot"]}) == {"pgd-eot": 0.0}
+
+
+def test_gradient_evidence_takes_one_gradient_per_distinct_route(toy_classifier, batch):
+    images, labels = batch
+    network = toy_classifier.model
+    defended = ClassificationObjective(InputDefence(network, build_transform("bit_depth", bits=3)))
+
+    def cells(eps: float) -> dict:
+        pgd = PGD(eps=eps)
+        return {"pgd": pgd, "fgsm": FGSM(eps=eps), "bpda": AdaptiveAttack(pgd, "bpda"),
+                "eot": AdaptiveAttack(pgd, "bpda_eot", draws=3)}
+
+    attacks = {f"{name}/{grey}": attack for grey in (2, 8) for name, attack in cells(grey / 255).items()}
+    calls = []
+    hook = network.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shares = vanishing_shares(defended, images, labels, attacks)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + 1 + 3  # the model's own gradient, BPDA's, and BPDA inside 3 EOT draws
+    assert shares == {key: float(key.startswith(("pgd/", "fgsm/"))) for key in attacks}
+
+
+def test_the_evaluation_flags_only_the_non_adaptive_cell_of_a_quantised_model():
+    torch.manual_seed(0)
+    datamodule = SyntheticFundusDataModule(num_samples=40, size=32, seed=0, batch_size=8)
+    module = ClassifierModule("small_cnn", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    pgd = PGD(eps=4 / 255, steps=3)
+    callback = AdversarialEvaluation({"pgd": lambda _: pgd, "pgd-bpda": lambda _: AdaptiveAttack(pgd, "bpda")},
+                                     epsilons=[4 / 255], brisque=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_test_batches=2, callbacks=[callback])
+    trainer.test(with_defence(module.eval(), "jpeg", quality=75), datamodule=datamodule, verbose=False)
+    assert callback.results["check/pgd/4_255/vanishing_gradients"] == 1.0
+    assert callback.results["check/pgd-bpda/4_255/vanishing_gradients"] == 0.0
+    assert callback.checks["pgd/4_255"]["vanishing_gradients"].startswith("warn:")
+    assert callback.checks["pgd-bpda/4_255"]["vanishing_gradients"] == "pass"
 
 
 def test_a_randomised_model_fires_random_model(toy_classifier, batch):

@@ -4,12 +4,14 @@ score set."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from attacks import TOGVanishing
+from attacks import FGSM, TOGVanishing
 from callbacks.attack_eval import AdversarialEvaluation
 from callbacks.intervals import wilson_interval
 from callbacks.metrics import DetectionEffects, detection_effects
@@ -177,11 +179,23 @@ def test_detection_scores_report_the_effects_beside_map():
 
 def test_per_image_parts_give_each_images_hallucinations_and_detections():
     scores = DetectionTaskScores()
+    with pytest.raises(RuntimeError, match="call that first"):
+        scores.per_image_parts(GivenDetections(), [PREDICTION], [TRUTH])
+    scores.update_scores(GivenDetections(), [PREDICTION, PREDICTION], [TRUTH, EMPTY_TRUTH])
     parts = scores.per_image_parts(GivenDetections(), [PREDICTION, PREDICTION], [TRUTH, EMPTY_TRUTH])
     assert set(parts) == set(scores.mean_metrics)
     hallucinations, ones = parts["hallucinations_per_image"]
     assert hallucinations.tolist() == [1.0, 4.0] and ones.tolist() == [1.0, 1.0]
     assert parts["detections_per_image"][0].tolist() == [4.0, 4.0]
+
+
+def test_each_images_score_is_its_recall_and_an_image_without_objects_scores_one():
+    scores = DetectionTaskScores()
+    assert scores.per_sample_metric == "image_recall"
+    predictions = [PREDICTION, PREDICTION, detections([], [], [])]
+    scores.update_scores(GivenDetections(), predictions, [TRUTH, EMPTY_TRUTH, TRUTH])
+    recall = scores.per_sample(GivenDetections(), predictions, [TRUTH, EMPTY_TRUTH, TRUTH])
+    assert recall.tolist() == pytest.approx([1 / 3, 1.0, 0.0])  # A of A, B, C; nothing to find; all missed
 
 
 @pytest.mark.parametrize("architecture", ["faster_rcnn", "retinanet"])
@@ -196,8 +210,12 @@ def test_the_evaluation_reports_the_effects_of_a_tog_attack_on_either_detector(a
         proposals_per_image=20,
         architecture=architecture,
     )
-    callback = AdversarialEvaluation({"tog_vanishing": (lambda eps: TOGVanishing(eps=eps, steps=1), [8 / 255])})
+    callback = AdversarialEvaluation({"tog_vanishing": (lambda eps: TOGVanishing(eps=eps, steps=1), [8 / 255]),
+                                      "fgsm": (lambda eps: FGSM(eps=eps), [8 / 255])})
     results = evaluate(module, datamodule, callback, limit_test_batches=1)
+    per_attack = [callback.sample_scores[key] for key in ("fgsm/8_255", "tog_vanishing/8_255")]
+    lowest = [min(scores[image] for scores in per_attack) for image in per_attack[0]]  # each image's lowest recall
+    assert results["adv/worst/8_255/image_recall"] == pytest.approx(statistics.fmean(lowest))
     for prefix in ("clean", "adv/tog_vanishing/8_255"):
         assert 0 <= results[f"{prefix}/disappearance_rate"] <= 1
         assert results[f"{prefix}/disappearance_rate"] + results[f"{prefix}/true_positive_rate"] + results[

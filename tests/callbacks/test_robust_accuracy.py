@@ -66,6 +66,25 @@ def test_robust_accuracy_mode_gives_the_full_robust_accuracy_for_fewer_forwards(
     assert robust_forwarded < 0.6 * full_forwarded
 
 
+@pytest.mark.slow
+def test_skipping_the_attacks_clean_checks_saves_their_forwards_and_changes_no_score(fitted_classifier, monkeypatch):
+    promised, promised_forwarded = counted_evaluation(fitted_classifier, robust=True)
+
+    def checking_clean(attack):
+        checking = stopping_early(attack)
+        checking.clean_unfooled = False
+        return checking
+
+    monkeypatch.setattr("callbacks.attack_eval.stopping_early", checking_clean)
+    checked, checked_forwarded = counted_evaluation(fitted_classifier, robust=True)
+    assert promised.sample_scores == checked.sample_scores
+    for key in KEYS:
+        assert promised.results[f"adv/{key}/accuracy"] == checked.results[f"adv/{key}/accuracy"]
+    # PGD and APGD each forwarded the correctly classified samples once less
+    correct = sum(promised.sample_scores["clean"].values())
+    assert checked_forwarded - promised_forwarded == len(ATTACKS) * correct
+
+
 def test_rows_attacked_spread_over_the_batch():
     images = torch.rand(4, 3, 8, 8)
     rows = torch.tensor([1, 3])
@@ -87,13 +106,18 @@ def test_rows_attacked_spread_over_the_batch():
     assert len(calls) == 1 and nothing.result is None and nothing.adv_images is images
 
 
-def test_stopping_early_rebuilds_only_attacks_that_take_early_stop():
+def test_stopping_early_rebuilds_copies_that_stop_early_and_skip_the_clean_check_when_untargeted():
     pgd = PGD(eps=EPS, steps=3)
     stopping = stopping_early(pgd)
     assert stopping.early_stop and not pgd.early_stop
+    assert stopping.clean_unfooled and not pgd.clean_unfooled
     assert {k: v for k, v in stopping.settings.items() if k != "early_stop"} == {
         k: v for k, v in pgd.settings.items() if k != "early_stop"
     }
     square = SquareAttack(eps=EPS, max_queries=10)
-    assert stopping_early(square) is square
-    assert stopping_early(stopping) is stopping
+    square_copy = stopping_early(square)
+    assert square_copy is not square and square_copy.settings == square.settings
+    assert square_copy.clean_unfooled and not square.clean_unfooled
+    # untargeted only: correct means not fooled, but a targeted goal may be the true class (target_mode given)
+    targeted = stopping_early(PGD(eps=EPS, steps=3, target_mode="least_likely"))
+    assert targeted.early_stop and not targeted.clean_unfooled

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from callbacks import surface_distance
 from callbacks.metrics import SIZE_GROUPS, SegmentationScores, size_groups
 from callbacks.surface_distance import hausdorff95, image_hausdorff95
 from callbacks.task_scores import SegmentationTaskScores
@@ -106,6 +107,35 @@ def test_per_image_hd95_parts_average_to_the_reported_hd95() -> None:
     numerators, denominators = task.per_image_parts(MaskObjective(), predicted, truth.long())["hd95"]
     assert float(numerators.sum() / denominators.sum()) == pytest.approx(float(task.compute_scores()["hd95"]))
     assert math.isfinite(float(task.compute_scores()["hd95_small"]))
+
+
+def test_each_image_hd95_is_computed_once_per_batch_and_the_parts_match_fresh_values(monkeypatch) -> None:
+    predicted, truth = size_batch()
+    expected_hd95 = image_hausdorff95(predicted, truth)
+    calls = []
+    distance = surface_distance.hausdorff95
+
+    def counted(*masks: np.ndarray) -> float:
+        calls.append(masks)
+        return distance(*masks)
+
+    monkeypatch.setattr(surface_distance, "hausdorff95", counted)
+    task = SegmentationTaskScores()
+    task.update_scores(MaskObjective(), predicted, truth.long())
+    parts = task.per_image_parts(MaskObjective(), predicted, truth.long())
+    assert len(calls) == len(predicted)
+    torch.testing.assert_close(parts["hd95"][0], expected_hd95)
+    tp, union, sizes, wrong = (
+        mask.flatten(1).sum(dim=1).double()
+        for mask in (predicted & truth, predicted | truth, predicted.long() + truth.long(), predicted ^ truth)
+    )
+    torch.testing.assert_close(parts["jaccard"], (tp, union))
+    torch.testing.assert_close(parts["dice"], (2 * tp, sizes))
+    torch.testing.assert_close(parts["pixel_accuracy"], (64 - wrong, torch.full_like(wrong, 64)))
+    with pytest.raises(RuntimeError, match="call that first, on the same batch"):
+        task.per_image_parts(MaskObjective(), predicted[:2], truth[:2].long())
+    with pytest.raises(RuntimeError, match="call that first"):
+        SegmentationTaskScores().per_image_parts(MaskObjective(), predicted, truth.long())
 
 
 @pytest.mark.slow

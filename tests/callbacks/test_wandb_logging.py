@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import PIL.Image
 import pytest
+import torch
 
 from attacks.gradient import FGSM
 from callbacks.analysis import AdversarialAnalysis
@@ -62,11 +65,20 @@ def test_logged_values_equal_the_callback_metrics(fitted_classifier, wandb_dirs)
     assert run.config["attacks"]["fgsm/8_255"]["eps"] == pytest.approx(8 / 255)
     assert run.config["model"]["model_name"] == "resnet18"
 
-    # 4 example rows for each of the two budgets
+    # 4 example rows for each of the two budgets: a table of their texts, and their images as real PNG files
     assert (run.summary["examples/_type"], run.summary["examples/nrows"]) == ("table-file", 8)
-    table_file = run_dir / "files" / run.summary["examples/path"]
-    rows = json.loads(table_file.read_text())
-    assert rows["columns"][:5] == ["id", "attack", "clean", "perturbation (amplified)", "adversarial"]
+    table = json.loads((run_dir / "files" / run.summary["examples/path"]).read_text())
+    examples = callback.last_examples
+    assert [row[:2] for row in table["data"]] == [[row.sample_id, row.attack] for row in examples]
+    assert run.summary["examples/images/count"] == 8
+    strips = run.summary["examples/images/filenames"]
+    for name, caption, row in zip(strips, run.summary["examples/images/captions"], examples, strict=True):
+        assert name.endswith(".png") and row.sample_id in caption and row.adversarial_prediction in caption
+        width = row.clean.shape[2]
+        pixels = torch.from_numpy(np.array(PIL.Image.open(run_dir / "files" / name).convert("RGB"))).permute(2, 0, 1)
+        thirds = (pixels[:, :, :width], pixels[:, :, width : 2 * width], pixels[:, :, 2 * width :])
+        for decoded, logged in zip(thirds, (row.clean, row.perturbation, row.adversarial), strict=True):
+            assert torch.equal(decoded, logged)
 
     # the analysis views: landscape (3 offsets), t-SNE (2 x 8 x 2 points), Grad-CAM pairs (2 samples x 2 budgets)
     for name, rows in (("landscape", 3), ("tsne", 32)):

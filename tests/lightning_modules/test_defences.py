@@ -99,18 +99,48 @@ def test_gaussian_noise_has_the_set_sigma_and_is_reproducible_by_seed():
     assert torch.equal(GaussianNoise(sigma=0.05, seed=3)(images) - images, noise)
 
 
+def copy_box(image: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the bounding box of the non-zero pixels of an image's first channel."""
+    rows, cols = image[0].nonzero().unbind(1)
+    return int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
 def test_resize_pad_keeps_the_shape_and_places_a_rescaled_copy():
     transform = RandomResizePad(min_scale=0.8, seed=1)
     images = torch.ones(6, 2, 20, 30)
     padded = transform(images)
     assert padded.shape == images.shape
     for image in padded:
-        rows, cols = image[0].nonzero().unbind(1)
-        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-        assert 16 <= height <= 20 and width == round(height.item() * 30 / 20)
+        _, _, height, width = copy_box(image)
+        assert 16 <= height <= 20 and width == round(height * 30 / 20)
         assert image.sum() == 2 * height * width  # one filled rectangle, zero elsewhere
     assert not torch.equal(transform(images), padded)
     assert torch.equal(RandomResizePad(min_scale=0.8, seed=1)(images), padded)
+
+
+@pytest.mark.parametrize(("height", "width"), [(28, 28), (20, 30), (31, 17)])
+def test_resize_pad_copies_are_torch_nearest_resizes_of_each_image(height, width):
+    images = 0.1 + 0.9 * torch.rand(32, 3, height, width)  # no zero pixel: the zero fill shows where a copy ends
+    padded = RandomResizePad(min_scale=0.5, seed=2)(images)
+    for image, output in zip(images, padded, strict=True):
+        top, left, size, size_w = copy_box(output)
+        assert size_w == min(width, max(1, round(size * width / height)))
+        expected = torch.zeros_like(image)
+        expected[:, top : top + size, left : left + size_w] = nn.functional.interpolate(
+            image[None], size=(size, size_w), mode="nearest"
+        )[0]
+        assert torch.equal(output, expected)
+
+
+def test_resize_pad_draws_each_image_its_own_uniform_size_and_offsets():
+    boxes = [copy_box(image) for image in RandomResizePad(min_scale=0.5, seed=0)(torch.ones(3000, 1, 8, 8))]
+    sizes = torch.tensor([size for _, _, size, _ in boxes]).bincount(minlength=9)[4:]
+    assert (sizes - 600).abs().max() < 5 * (3000 * 0.2 * 0.8) ** 0.5, sizes  # s uniform in 4..8
+    for size in range(4, 9):
+        offsets = torch.tensor([(top, left) for top, left, s, _ in boxes if s == size])
+        expected = len(offsets) / (9 - size)  # offsets uniform in 0..8 - s, rows and columns alike
+        for counts in (offsets[:, 0].bincount(), offsets[:, 1].bincount()):
+            assert len(counts) == 9 - size and (counts - expected).abs().max() < 0.35 * expected, counts
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ def test_unet_jaccard_is_well_above_an_empty_or_full_mask(fitted_segmenter):
 def test_detector_finds_artefacts_and_its_objective_loss_falls(fitted_detector):
     module, datamodule = fitted_detector
     scores = trained.held_out_scores(module, datamodule)
-    assert scores["test_map_50"] > 0.05
+    # the fit measured mAP@0.5 0.53 and matched-box IoU 0.67 on its 40 test frames; half that mAP leaves room
+    # for the CPU's rounding, which moves a fit from scratch
+    assert scores["test_map_50"] > 0.25
     assert scores["test_mean_iou"] > 0.5
     batch = next(iter(datamodule.test_dataloader()))
     untrained = DetectorModule(**module.hparams).eval()

@@ -79,20 +79,22 @@ def fit_segmenter() -> tuple[SegmenterModule, SyntheticLungCTDataModule]:
 
 
 def fit_detector() -> tuple[DetectorModule, SyntheticEndoscopyDataModule]:
-    """Faster R-CNN (ResNet-18 FPN) on 128-pixel synthetic endoscopy frames with artefact boxes."""
-    datamodule = SyntheticEndoscopyDataModule(num_samples=80, size=128, seed=0, batch_size=4)
+    """Faster R-CNN on the small from-scratch backbone (the default run's detector) on 96-pixel synthetic
+    endoscopy frames with artefact boxes: 140 training frames, 6 epochs (108 steps of 8)."""
+    datamodule = SyntheticEndoscopyDataModule(num_samples=200, size=96, seed=0, batch_size=8, rotate_limit=0)
 
     def build() -> DetectorModule:
         return DetectorModule(
-            "resnet18",
+            "small",
             num_classes=datamodule.num_classes,
-            min_size=128,
-            max_size=128,
+            min_size=96,
+            max_size=96,
             rpn_samples_per_image=64,
             roi_samples_per_image=64,
+            lr=2e-3,
         )
 
-    return fit(build, datamodule, max_epochs=3), datamodule
+    return fit(build, datamodule, max_epochs=6), datamodule
 
 
 def fit_retinamnist_classifier(data_dir: Path) -> tuple[ClassifierModule, MedMNISTDataModule]:
