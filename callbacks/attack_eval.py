@@ -23,7 +23,15 @@ from attacks.budgets import MINIMAL, budget_label
 from attacks.precision import check_precision
 from callbacks.batch_size import AttackBatchSizes, attack_in_chunks, check_attack_batch_size
 from callbacks.bootstrap import BootstrapIntervals, Parts, mean_parts, sample_keys
-from callbacks.checks import CellSummary, GradientEvidence, LossEvidence, ModelEvidence, cross_checks, verdicts
+from callbacks.checks import (
+    CellSummary,
+    GradientEvidence,
+    LossEvidence,
+    ModelEvidence,
+    averages_draws,
+    cross_checks,
+    verdicts,
+)
 from callbacks.distributed import gather_objects
 from callbacks.examples import Example, examples_of
 from callbacks.fit_data import fit_dataloader
@@ -321,6 +329,8 @@ class AdversarialEvaluation(pl.Callback):
             values |= getattr(attack, "fit_summary", {})
             self.results |= {f"adv/{key}/{name}": float(value) for name, value in values.items()}
             evidence = model_evidence | gradient_evidence[key] | self.loss_evidence[slot].compute()
+            if averages_draws(attack):
+                evidence.pop("check/random_model")
             if unbounded(attack, key):
                 evidence["check/unbounded_not_broken"] = values[self.scores[slot].headline[0]]
             self.results |= {f"check/{key}/{name.removeprefix('check/')}": float(v) for name, v in evidence.items()}

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from attacks.adaptive import AdaptiveAttack
+from attacks.autoattack import AutoAttack
 from attacks.base import Attack, AttackTrace, Objective, input_gradient
 from attacks.budgets import budget_value
 
@@ -117,6 +118,15 @@ def followed_objective(attack: Attack, objective: Objective) -> Objective:
     """The objective whose input gradient ``attack`` follows: an adaptive attack's BPDA/EOT wrapper of
     ``objective`` (``AdaptiveAttack.wrapped``), else ``objective`` itself."""
     return attack.wrapped(objective) if isinstance(attack, AdaptiveAttack) else objective
+
+
+def averages_draws(attack: Attack) -> bool:
+    """Whether ``attack`` already follows the expectation over a randomised model's draws (EOT: an adaptive
+    attack with EOT, or an AutoAttack cascade whose every stage draws, the ``rand`` version); the
+    ``random_model`` check, whose advice is EOT, does not apply to it."""
+    if isinstance(attack, AdaptiveAttack):
+        return "eot" in attack.method
+    return isinstance(attack, AutoAttack) and all(draws > 1 for _, draws in attack.stages)
 
 
 def gradient_route(attack: Attack) -> str:

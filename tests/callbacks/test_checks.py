@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import FGSM, PGD, AdaptiveAttack, DeepFool
+from attacks import FGSM, PGD, AdaptiveAttack, AutoAttack, DeepFool
 from callbacks.attack_eval import AdversarialEvaluation
 from callbacks.checks import (
     CellSummary,
     GradientEvidence,
     LossEvidence,
     ModelEvidence,
+    averages_draws,
     cross_checks,
     stalled_count,
     verdicts,
@@ -141,6 +142,27 @@ def test_a_randomised_model_fires_random_model(toy_classifier, batch):
     noisy = ClassificationObjective(nn.Sequential(Noisy(), toy_classifier.model))
     found = verdicts(evidence(noisy, images, labels, FGSM(eps=4 / 255)))
     assert found["random_model"].startswith("warn: two forward passes")
+
+
+def test_the_random_model_check_skips_attacks_that_already_average_draws():
+    pgd = PGD(eps=4 / 255)
+    assert averages_draws(AdaptiveAttack(pgd, "eot")) and averages_draws(AdaptiveAttack(pgd, "bpda_eot"))
+    assert averages_draws(AutoAttack(eps=4 / 255, version="rand"))
+    assert not any(averages_draws(attack) for attack in (pgd, AdaptiveAttack(pgd, "bpda"), AutoAttack(eps=4 / 255)))
+
+
+def test_the_evaluation_warns_random_model_only_on_the_cell_without_eot():
+    torch.manual_seed(0)
+    datamodule = SyntheticFundusDataModule(num_samples=40, size=32, seed=0, batch_size=8)
+    module = ClassifierModule("small_cnn", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    pgd = PGD(eps=4 / 255, steps=2)
+    callback = AdversarialEvaluation({"pgd": lambda _: pgd, "pgd-eot": lambda _: AdaptiveAttack(pgd, "eot", draws=2)},
+                                     epsilons=[4 / 255], brisque=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_test_batches=1, callbacks=[callback])
+    trainer.test(with_defence(module.eval(), "gaussian_noise"), datamodule=datamodule, verbose=False)
+    assert callback.checks["pgd/4_255"]["random_model"].startswith("warn:")
+    assert "random_model" not in callback.checks["pgd-eot/4_255"]
 
 
 def test_softmax_outputs_fire_probability_outputs(toy_classifier, batch):
