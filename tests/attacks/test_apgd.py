@@ -6,7 +6,13 @@ import torch
 from attacks.apgd import APGD, APGDDLR, APGDT, checkpoints
 from attacks.gradient import PGD
 from tests.attacks.invariants import accuracy, assert_invariants
-from tests.attacks.test_gradient import CountingObjective, assert_same_result, correctly_classified, promising_unfooled
+from tests.attacks.test_gradient import (
+    CountingObjective,
+    assert_promise_saves_the_clean_forward,
+    assert_same_result,
+    correctly_classified,
+    promising_unfooled,
+)
 from tests.attacks.toys import blob_images
 
 EPS = 8 / 255
@@ -130,13 +136,7 @@ def test_early_stop_keeps_each_first_fooling_iterate_and_leaves_the_others_as_th
 def test_a_promise_of_unfooled_samples_saves_the_clean_forward_and_changes_no_bit(attack_class, toy_classifier):
     images, labels, ids = correctly_classified(toy_classifier, *blob_images(32, torch.Generator().manual_seed(5))[:2])
     attack = attack_class(eps=4 / 255, steps=10, n_restarts=2, early_stop=True)
-    checking, trusting = CountingObjective(toy_classifier), CountingObjective(toy_classifier)
-    checked = attack(checking, images, labels, ids=ids)
-    trusted = promising_unfooled(attack)(trusting, images, labels, ids=ids)
-    stopped = checked.trace.iterations < 20
-    assert stopped.any() and not stopped.all()  # early stop acts on some samples, not all
-    assert_same_result(checked, trusted)
-    assert checking.sizes[0] == len(images) and trusting.sizes == checking.sizes[1:]
+    assert_promise_saves_the_clean_forward(attack, toy_classifier, images, labels, ids, steps=20)
 
 
 def test_apgd_t_forwards_the_clean_images_once_for_its_targets_promise_or_not(toy_classifier):

@@ -426,11 +426,17 @@ def assert_same_result(result, other):
 def test_a_promise_of_unfooled_samples_saves_the_clean_forward_and_changes_no_bit(attack_class, eps, toy_classifier):
     images, labels, ids = correctly_classified(toy_classifier, *blob_images(32, torch.Generator().manual_seed(5))[:2])
     attack = attack_class(eps=eps, steps=10, random_start=True, early_stop=True)
-    checking, trusting = CountingObjective(toy_classifier), CountingObjective(toy_classifier)
+    assert_promise_saves_the_clean_forward(attack, toy_classifier, images, labels, ids, steps=10)
+
+
+def assert_promise_saves_the_clean_forward(attack, objective, images, labels, ids, steps: int) -> None:
+    """``attack`` told its samples are unfooled (``promising_unfooled``) forwards the clean images once less and
+    returns the same result bit for bit; early stop acts on some samples within ``steps`` iterations, not all."""
+    checking, trusting = CountingObjective(objective), CountingObjective(objective)
     checked = attack(checking, images, labels, ids=ids)
     trusted = promising_unfooled(attack)(trusting, images, labels, ids=ids)
-    stopped = checked.trace.iterations < 10
-    assert stopped.any() and not stopped.all()  # early stop acts on some samples, not all
+    stopped = checked.trace.iterations < steps
+    assert stopped.any() and not stopped.all()
     assert_same_result(checked, trusted)
     assert checking.sizes[0] == len(images) and trusting.sizes == checking.sizes[1:]
 
