@@ -7,11 +7,19 @@ STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test test-fast lint clean browser
 
+TORCH := torch==2.14.1 torchvision==0.29.1
+# uv resolves the same versions as pip (best match over all indexes) but downloads and installs in parallel:
+# 25-40 s instead of about 130 s for the whole set. It is given pip's extra indexes (local disk where a
+# machine has them); without uv, or when it fails, pip installs the same set.
+PIP_EXTRA_INDEXES = $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
+UV_INSTALL = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --index-strategy unsafe-best-match \
+	$(addprefix --extra-index-url ,$(PIP_EXTRA_INDEXES))
+
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 || $(BIN)/python -m pip install --quiet torch torchvision
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	($(BIN)/python -m pip install --quiet "uv>=0.5" && $(UV_INSTALL) $(TORCH) -e ".[dev]") \
+		|| (($(BIN)/python -m pip install --quiet $(TORCH) || $(BIN)/python -m pip install --quiet torch torchvision) \
+			&& $(BIN)/python -m pip install --quiet -e ".[dev]")
 	# reference implementations for the agreement tests (never imported by the project; they pin old deps)
 	$(BIN)/python -m pip install --quiet --no-deps pyautoattack==0.2.0 adv-lib==0.2.8
 	touch $@

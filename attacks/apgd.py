@@ -181,7 +181,9 @@ class APGD(GradientAttack):
             start = self.initial_point(images, random)  # drawn for the whole batch: per-sample draws stay put
             rows = (~kept.fooled).nonzero().squeeze(1) if kept.fooled.any() else None
 
-            def record(iterate: Tensor, loss: Tensor, live: Tensor | None = None, rows: Tensor | None = rows) -> None:
+            def record(
+                iterate: Tensor, loss: Tensor, outputs: Any, live: Tensor | None = None, rows: Tensor | None = rows
+            ) -> None:
                 trace.step(iterate, live if rows is None else take(rows, live), loss=loss)
 
             part = self.descend(
@@ -200,7 +202,8 @@ class APGD(GradientAttack):
         record: Callable[..., None],
     ) -> Kept:
         """One run of Algorithm 1 from ``adv`` with the loss taken against ``goal``; ``record`` sees each iterate
-        and its loss (with ``early_stop`` also ``live``, the rows of this run still iterating). Returns per sample
+        with its loss and the model outputs there (with ``early_stop`` also ``live``, the rows of this run still
+        iterating). Returns per sample
         the iterate to keep (see ``Kept``), its loss and whether it fools."""
         gradient, loss, outputs = self.loss_gradient(objective, adv, images, goal, 0)
         kept = Kept(adv, loss, self.fooled(objective, outputs, adv, labels))
@@ -238,9 +241,9 @@ class APGD(GradientAttack):
                 best_gradient=torch.where(per_sample(improved, adv), gradient, state.best_gradient),
             )
             if live is None:
-                record(adv, loss=loss)
+                record(adv, loss=loss, outputs=outputs)
             else:
-                record(adv, loss=loss, live=live)
+                record(adv, loss=loss, outputs=outputs, live=live)
             if step + 1 in self.checkpoints:
                 state = self.checkpoint(state, step + 1 - last_check)
                 last_check = step + 1

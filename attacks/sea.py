@@ -99,14 +99,16 @@ class SegmentationAPGD(APGD):
 
 class LowestAccuracy:
     """The ``record`` callback of an APGD run that keeps, per image, the iterate of lowest pixel accuracy (the
-    later one on ties, as the SEA authors' code), starting from ``start``; one forward pass per iterate."""
+    later one on ties, as the SEA authors' code), starting from ``start``; the accuracy of an iterate is read
+    from the outputs its gradient step already computed."""
 
     def __init__(self, objective: Objective, target: Any, start: Tensor) -> None:
         self.objective, self.target = objective, target
         self.point, self.accuracy = start, pixel_accuracy(objective, start, target)
 
-    def __call__(self, adv: Tensor, loss: Tensor | None = None) -> None:
-        accuracy = pixel_accuracy(self.objective, adv, self.target)
+    def __call__(self, adv: Tensor, loss: Tensor, outputs: Any) -> None:
+        with torch.no_grad():
+            accuracy = pixel_scores(self.objective, outputs, self.target).accuracy()
         lower = accuracy <= self.accuracy
         self.point = torch.where(per_sample(lower, adv), adv, self.point)
         self.accuracy = torch.where(lower, accuracy, self.accuracy)

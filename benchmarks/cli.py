@@ -3,6 +3,7 @@
   medadv run [--config NAME|PATH] [--profile P]...   run a benchmark grid (resumable) and write its report
              [--dry-run] [--deterministic]          check and list the cells only; bit-identical reruns
              [--lease-seconds S]                    several runs on one store share its cells (leases)
+             [--workers N]                          N such runs at once, the CPU threads split among them
   medadv results [--benchmark NAME] [--csv F] [--markdown F] [--merge DB ...]   print, export, merge results
   medadv report [--benchmark NAME]                   write the HTML and Markdown report from the store
   medadv train --config NAME|PATH                    fit one model from a train config
@@ -42,12 +43,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         if count is None:
             raise ValueError("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT; pass --shard i/n")
         text = f"{index}/{count}"
+    return index_of(text, "--shard")
+
+
+def index_of(text: str, option: str) -> tuple[int, int]:
+    """``(i, n)`` from ``option``'s value ``i/n``, with 0 <= i < n."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError as error:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
+        raise ValueError(f"{option} must look like i/n (e.g. 0/4), got {text!r}") from error
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+        raise ValueError(f"{option} must be i/n with 0 <= i < n, got {text!r}")
     return index, count
 
 
@@ -81,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deterministic", nargs="?", const="error", choices=("error", "warn"),
                      help="deterministic algorithms and seeds, for bit-identical reruns on one machine; an "
                           "operation without a deterministic version raises (error, the default) or warns")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run N one-process workers at once on the store, each with its share of the CPU threads "
+                          "(they split the cells through leases; default 1)")
+    run.add_argument("--worker", help=argparse.SUPPRESS)  # i/n: set by --workers for each worker it starts
 
     results = commands.add_parser("results", help="print and export stored results; merge shard stores")
     results.add_argument("--store", type=Path, default=Path("runs/results.db"), help="results database")
@@ -128,17 +138,23 @@ def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
 
     quiet_lightning()
     shard = parse_shard(args.shard)
+    worker = parse_worker(args.worker)
     start = time.perf_counter()
     options = RunOptions(
         output=args.output, store=args.store, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes, strategy=args.strategy, shard=shard, wandb=args.wandb,
-        deterministic=args.deterministic, lease_seconds=args.lease_seconds,
+        deterministic=args.deterministic, lease_seconds=args.lease_seconds, worker=worker,
     )
-    world_size(options.trainer_settings)  # an impossible hardware request is one line, before anything runs
+    ranks = world_size(options.trainer_settings)  # an impossible hardware request is one line, before anything runs
+    if args.workers < 1 or (args.workers > 1 and (ranks > 1 or args.worker)):
+        raise ValueError(f"--workers must be >= 1, and 1 with several devices or nodes (use --strategy ddp for "
+                         f"those) or with --worker; got --workers {args.workers} with {ranks} processes")
     benchmark = validate_benchmark(resolve_config(args.config), args.profile, args.set)
     if args.dry_run:
         print_plan(benchmark, options, time.perf_counter() - start)
         return 0
+    if args.workers > 1:
+        return run_on_workers(args, benchmark.name, options.store_path)
     runner = BenchmarkRunner(benchmark, options)
     summary = runner.run()
     if summary.preempted:
@@ -150,14 +166,58 @@ def run_command(args: argparse.Namespace, _: Sequence[str]) -> int:
     if not runner.writer:
         return 0
     elsewhere = f", {summary.elsewhere} by other workers" if summary.elsewhere else ""
-    print(f"{benchmark.name}: {summary.done} cells run, {summary.skipped} already done{elsewhere}, "
+    worker_label = f" (worker {args.worker})" if args.worker else ""
+    print(f"{benchmark.name}{worker_label}: {summary.done} cells run, {summary.skipped} already done{elsewhere}, "
           f"{len(summary.failed)} failed of {summary.cells} in {summary.seconds:.0f} s")
     for failure in summary.failed:
         print(f"  failed: {failure}", file=sys.stderr)
+    if args.worker:  # the run that started the workers prints the results and writes the report
+        return 1 if summary.failed else 0
     print_results(options.store_path, benchmark.name)
     if not args.no_report:
         write_report(options.store_path, benchmark.name, args.output / benchmark.name)
     return 1 if summary.failed else 0
+
+
+def parse_worker(text: str | None) -> tuple[int, int]:
+    """``i/n`` from ``--worker`` (set by ``--workers`` for the workers it starts), else (0, 1)."""
+    return (0, 1) if text is None else index_of(text, "--worker")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The `medadv run` options of ``args`` that every worker of ``--workers`` runs with (all but --workers,
+    --worker, --dry-run and --no-report: the workers never write the report)."""
+    argv = ["run", "--config", args.config, "--output", str(args.output), "--accelerator", args.accelerator,
+            "--devices", str(args.devices), "--num-nodes", str(args.num_nodes), "--strategy", args.strategy,
+            "--lease-seconds", repr(args.lease_seconds)]
+    argv += [part for profile in args.profile for part in ("--profile", profile)]
+    argv += [part for setting in args.set for part in ("--set", setting)]
+    argv += ["--store", str(args.store)] if args.store else []
+    argv += ["--shard", args.shard] if args.shard else []
+    argv += ["--wandb"] if args.wandb else []
+    argv += ["--deterministic", args.deterministic] if args.deterministic else []
+    return argv
+
+
+def run_on_workers(args: argparse.Namespace, benchmark: str, store: Path) -> int:
+    """`medadv run --workers N`: N worker runs on the store at once (``benchmarks.workers``), then the results
+    and the report of the whole grid. Exits as a run would: 143 when stopped by SIGTERM, 1 when a cell failed."""
+    from benchmarks.preemption import EXIT_CODE
+    from benchmarks.workers import run_workers, threads_per_worker, worker_command
+
+    start = time.perf_counter()
+    count = args.workers
+    codes, signalled = run_workers([worker_command(worker_argv(args), index, count) for index in range(count)],
+                                   threads_per_worker(count))
+    if signalled or EXIT_CODE in codes:
+        print("medadv run: stopped by SIGTERM; nothing done is lost: run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_CODE
+    print(f"{benchmark}: {count} workers finished in {time.perf_counter() - start:.0f} s")
+    print_results(store, benchmark)
+    if not args.no_report:
+        write_report(store, benchmark, args.output / benchmark)
+    return max(codes)
 
 
 def print_plan(benchmark: Benchmark, options: RunOptions, seconds: float) -> None:

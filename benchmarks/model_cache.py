@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from filelock import FileLock
 
 from benchmarks.grid import ModelSpec
 from benchmarks.training import MIN_TRAIN_BATCH_SIZE, build_cli, fit_halving_on_oom
@@ -44,12 +45,26 @@ def checkpoint_path(spec: ModelSpec, cache_dir: Path) -> Path:
 
 def load_or_train(
     spec: ModelSpec, cache_dir: Path, trainer_args: Sequence[str] = (), min_batch_size: int = MIN_TRAIN_BATCH_SIZE,
-    callbacks: Sequence[pl.Callback] = (),
+    callbacks: Sequence[pl.Callback] = (), exclusive: bool = False,
 ) -> TrainedModel:
     """The module of ``spec``: loaded from the cache when present, else trained (with ``callbacks``, and with half
     the batch size after a CUDA out-of-memory error, down to ``min_batch_size``) and cached (rank 0 writes,
-    atomically, so a run killed while saving leaves no half-written checkpoint)."""
+    atomically, so a run killed while saving leaves no half-written checkpoint). ``exclusive`` (one-process runs
+    that share a cache): hold the model's lock file meanwhile, so that of several processes needing the model one
+    trains it and the others wait, then load it; a process that dies releases its lock."""
     path = checkpoint_path(spec, cache_dir)
+    if not exclusive:
+        return cached_or_trained(spec, path, trainer_args, min_batch_size, callbacks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f"{path.name}.lock")):
+        return cached_or_trained(spec, path, trainer_args, min_batch_size, callbacks)
+
+
+def cached_or_trained(
+    spec: ModelSpec, path: Path, trainer_args: Sequence[str], min_batch_size: int, callbacks: Sequence[pl.Callback]
+) -> TrainedModel:
+    """:func:`load_or_train` for the cache file ``path``, without a lock."""
+    cache_dir = path.parent
     args = [*spec.args, *trainer_args]
     if path.is_file():
         cli = build_cli(spec.train_config, cache_dir / "logs", args)

@@ -7,12 +7,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class CellProgress:
-    """A rich progress bar over a shard's cells on a terminal; one plain line per finished cell in logs."""
+    """A rich progress bar over a shard's cells on a terminal; one plain line per finished cell in logs and from
+    each worker of `medadv run --workers` (``label`` names it)."""
 
-    def __init__(self, total: int, skipped: int, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(
+        self, total: int, skipped: int, enabled: bool = True, console: Console | None = None, label: str = ""
+    ) -> None:
         self.console = console or Console()
+        self.label = label  # before each plain line: which worker of `medadv run --workers` wrote it
         self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
+        self.live = enabled and self.console.is_terminal and not label  # workers sharing a terminal: plain lines
         self.total, self.skipped, self.failed = total, skipped, 0
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -45,4 +49,5 @@ class CellProgress:
         self.progress.update(self.task, advance=1, state=f"{self.failed} failed" if self.failed else "")
         if self.enabled and not self.live:
             done = self.skipped + int(self.progress.tasks[0].completed)
-            self.console.print(f"[{done}/{self.total}] {status:6} {seconds:7.1f} s  {key}", highlight=False)
+            self.console.print(f"{self.label}[{done}/{self.total}] {status:6} {seconds:7.1f} s  {key}",
+                               highlight=False, soft_wrap=True)  # one line whatever the width: logs are parsed

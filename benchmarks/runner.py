@@ -42,6 +42,7 @@ from benchmarks.model_cache import TrainedModel, load_or_train
 from benchmarks.preemption import Preemption, leave_process_group
 from benchmarks.progress import CellProgress
 from benchmarks.store import CellRecord, ResultsStore, now
+from benchmarks.workers import worker_order
 from callbacks.analysis import CleanViews
 from callbacks.batch_size import halving_on_oom
 
@@ -59,7 +60,9 @@ class RunOptions:
     ``deterministic``: None, ``"error"`` (an operation without a deterministic implementation raises) or
     ``"warn"`` (it warns), as ``torch.use_deterministic_algorithms`` and Lightning's ``deterministic``.
     ``lease_seconds``: how long a claimed cell stays another worker's without a heartbeat;
-    ``min_batch_size``: the floor of the batch-size halving after CUDA out-of-memory errors."""
+    ``min_batch_size``: the floor of the batch-size halving after CUDA out-of-memory errors; ``worker``: this
+    run is worker i of n started by `medadv run --workers n` (it starts on other models' cells,
+    ``benchmarks.workers.worker_order``)."""
 
     output: Path = Path("runs")
     store: Path | None = None
@@ -73,6 +76,7 @@ class RunOptions:
     deterministic: str | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     min_batch_size: int = 1
+    worker: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         if self.deterministic not in DETERMINISM:
@@ -171,17 +175,20 @@ class BenchmarkRunner:
     def run(self) -> RunSummary:
         """Run the shard's pending cells; on SIGTERM stop with the store consistent (``summary.preempted``)."""
         start = time.perf_counter()
-        leased = world_size(self.options.trainer_settings) == 1 and not multi_process()
+        leased = self.leased
         if self.options.deterministic:
             use_deterministic_algorithms(warn_only=self.options.deterministic == "warn")
         with ResultsStore(self.options.store_path) as store, self.preemption.installed():
             pending, total = pending_cells(self.benchmark, store.finished(), self.options.shard)
             summary = RunSummary(cells=total, skipped=total - len(pending))
-            progress = CellProgress(total, summary.skipped, enabled=self.options.progress and self.writer)
+            index, count = self.options.worker
+            progress = CellProgress(total, summary.skipped, enabled=self.options.progress and self.writer,
+                                    label=f"worker {index}/{count} " if count > 1 else "")
             heartbeat = Heartbeat(store.path, self.worker, self.options.lease_seconds) if leased else nullcontext()
             with progress, heartbeat:
                 try:
-                    for cell, running in (self.claimed if leased else self.started)(pending, store, summary):
+                    ordered = worker_order(pending, index, count)
+                    for cell, running in (self.claimed if leased else self.started)(ordered, store, summary):
                         summary.abandoned = cell.key
                         progress.started(cell.key)
                         record = self.run_cell(cell, running, store)
@@ -239,6 +246,11 @@ class BenchmarkRunner:
     def writer(self) -> bool:
         return rank_zero_only.rank == 0
 
+    @property
+    def leased(self) -> bool:
+        """Whether this run takes leases: a one-process run, which may share the store with other workers."""
+        return world_size(self.options.trainer_settings) == 1 and not multi_process()
+
     def run_cell(self, cell: Cell, running: CellRecord, store: ResultsStore) -> CellRecord:
         """Evaluate one cell (recorded as ``running``) and store it as done, or as failed with the error; one
         process goes on. SIGTERM (a ``SystemExit``) goes through to :meth:`run`, except while the cell is
@@ -278,7 +290,7 @@ class BenchmarkRunner:
             settings = self.options.trainer_settings
             self.models[spec] = load_or_train(
                 spec, self.options.output / "models", [f"--trainer.{key}={value}" for key, value in settings.items()],
-                callbacks=[self.preemption],
+                callbacks=[self.preemption], exclusive=self.leased,  # another worker may be training it
             )
         return self.models[spec]
 

@@ -66,9 +66,18 @@ def loss_landscape(
     generator = torch.Generator().manual_seed(seed)
     random = (torch.randint(0, 2, images.shape, generator=generator) * 2 - 1).to(images)
     offsets = radius * torch.arange(-(points // 2), points // 2 + 1) / (points // 2)  # exactly 0 in the middle
-    losses = torch.stack([
-        torch.stack([sample_losses(objective, (images + a * adversarial + b * random).clamp(0, 1), target)
-                     for b in offsets.tolist()], dim=1)
+    steps = offsets.to(images).view(-1, *[1] * images.dim())  # (points, 1, ...): one grid row per forward pass
+    rows = [
+        sample_losses(objective, (images + a * adversarial + steps * random).clamp(0, 1).flatten(0, 1),
+                      repeated(target, points)).view(points, len(images)).T
         for a in offsets.tolist()
-    ], dim=1)
-    return Landscape(offsets, losses.cpu())
+    ]
+    return Landscape(offsets, torch.stack(rows, dim=1).cpu())
+
+
+def repeated(target: Any, times: int) -> Any:
+    """The batch ``target`` (a tensor with the sample on dim 0, or a list of per-sample targets) ``times`` over,
+    in the order of ``images`` stacked ``times`` over."""
+    if isinstance(target, Tensor):
+        return target.repeat(times, *[1] * (target.dim() - 1))
+    return list(target) * times

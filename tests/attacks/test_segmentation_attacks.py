@@ -253,9 +253,9 @@ def test_sea_stages_search_the_larger_balls_first(toy_segmenter, toy_batch):
         def recording(objective, clean, adv, goal, labels, record, descend=stage.descend):
             sizes = [linf(adv - clean)]
 
-            def watch(iterate: Tensor, loss: Tensor) -> None:
+            def watch(iterate: Tensor, loss: Tensor, outputs: object) -> None:
                 sizes.append(linf(iterate - clean))
-                record(iterate, loss)
+                record(iterate, loss, outputs)
 
             kept = descend(objective, clean, adv, goal, labels, watch)
             largest.append(max(sizes))

@@ -1,7 +1,8 @@
 """Three `medadv run` processes on one store, as users start them (no --shard): they split the grid, each
 cell is computed and stored once, the cell of a worker killed with -9 is taken over, and a worker sent
-SIGTERM mid-cell gives its cell back, exits 143 saying how to resume, and leaves the store consistent.
-A gate in the test attack holds every worker inside its first cell until all three have claimed one."""
+SIGTERM mid-cell gives its cell back, exits 143 saying how to resume, and leaves the store consistent; and
+`medadv run --workers 2`, which starts two such workers, passes SIGTERM on and trains the shared model once.
+A gate in the test attack holds every worker inside its first cell until all of them have claimed one."""
 
 from __future__ import annotations
 
@@ -127,3 +128,46 @@ def test_three_workers_share_the_grid_and_take_over_a_killed_and_a_preempted_wor
     assert held[killed.pid] in computed[1]  # the killed worker's cell, taken over
     (abandoned,) = re.findall(r"cell (\S+) abandoned", logs[1][1])
     assert abandoned in computed[1] and abandoned not in computed[0]
+
+
+def test_the_workers_option_splits_the_grid_trains_once_and_passes_sigterm_on(tmp_path):
+    """`medadv run --workers 2`: SIGTERM to it while both workers hold a cell stops both (143, cells given back);
+    the same command again finishes the grid, split between two worker processes, with the one model trained
+    once (the second worker waited for it), and prints the results and writes the report once."""
+    store_path, gate = tmp_path / "results.db", tmp_path / "gate"
+    command = medadv("run", "--config", str(WORKERS), "--output", str(tmp_path), "--workers", "2")
+    with (tmp_path / "worker-parent.out").open("w") as out, (tmp_path / "worker-parent.err").open("w") as err:
+        parent = subprocess.Popen(command, cwd=ROOT, env=run_env(**{GATE_VARIABLE: str(gate)}), stdout=out, stderr=err)
+    try:
+        def both_held_after_training() -> dict[int, str] | None:
+            held = leases_by_pid(store_path)
+            return held if len(held) == 2 and list((tmp_path / "models").glob("*.pt")) else None
+
+        held = wait_until(both_held_after_training, [parent], tmp_path,
+                          "the model was trained and both workers held a cell")
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(DEADLINE)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    first_err = (tmp_path / "worker-parent.err").read_text()
+    assert parent.returncode == 143, first_err[-2000:]
+    assert first_err.count("medadv run: stopped by SIGTERM") == 3  # each worker, then the run that started them
+    with ResultsStore(store_path) as store:
+        assert store.leases() == {} and not store.records(status="done")
+        assert {record.key for record in store.records(status=None)} <= set(held.values())
+
+    gate.touch()
+    result = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    keys = {cell.key for cell in load_benchmark(WORKERS).cells}
+    by_worker = [set(re.findall(rf"^worker {index}/2 \[\d+/\d+\] done .* s  (\S+)$", result.stdout, re.MULTILINE))
+                 for index in range(2)]
+    assert all(by_worker) and by_worker[0] | by_worker[1] == keys and not by_worker[0] & by_worker[1]
+    with ResultsStore(store_path) as store:
+        records = store.records(status=None)
+    assert {record.key for record in records} == keys and {record.status for record in records} == {"done"}
+    assert len({record.host.split(":")[1] for record in records}) == 2  # stored by two processes
+    assert len(list((tmp_path / "models" / "logs").glob("*/version_*/metrics.csv"))) == 1  # one training in all
+    assert result.stdout.count("Results: workers (6 cells)") == 1 and (tmp_path / "workers" / "report.html").is_file()

@@ -16,7 +16,7 @@ from attacks.gradient import FGSM
 from callbacks.analysis import AdversarialAnalysis, attribution_overlays, check_analysis
 from callbacks.analysis_attribution import attribution_maps, cam_layer, rank_correlation, top_iou
 from callbacks.analysis_features import neighbour_agreement, tsne_embedding
-from callbacks.analysis_landscape import loss_landscape
+from callbacks.analysis_landscape import gradient_sign, loss_landscape
 from callbacks.attack_eval import AdversarialEvaluation
 from datamodules import SyntheticFundusDataModule
 from lightning_modules.objectives import ClassificationObjective
@@ -59,6 +59,12 @@ def test_landscape_starts_at_the_models_loss_and_rises_along_the_adversarial_dir
     landscape = loss_landscape(objective, images, target, radius=8 / 255, points=7)
     assert landscape.losses.shape == (6, 7, 7) and landscape.offsets[3] == 0
     assert torch.allclose(landscape.losses[:, 3, 3], objective.loss(objective.forward(images), target), atol=1e-6)
+    g = gradient_sign(objective, images, target)
+    r = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for row, column in ((0, 6), (5, 1), (2, 3)):  # each grid point is the loss at x + a g + b r, a by row, b by column
+        a, b = landscape.offsets[row], landscape.offsets[column]
+        direct = objective.loss(objective.forward((images + a * g + b * r).clamp(0, 1)), target)
+        assert torch.allclose(landscape.losses[:, row, column], direct, atol=1e-5)
     along = landscape.along("adversarial")
     assert (along[:, -1] > along[:, 3]).all() and (along[:, 0] < along[:, 3]).all()
     assert landscape.sharpness("adversarial") > 5 * abs(landscape.sharpness("random")) > 0
