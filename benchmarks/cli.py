@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from benchmarks.runner import RunOptions
 
 SHARD_ENVIRONMENT = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+BROKEN_PIPE = 128 + 13  # the status of a process ended by SIGPIPE, as shells report it
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -117,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
-        return COMMANDS[args.command](args, overrides)
+        code = COMMANDS[args.command](args, overrides)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        return code
+    except BrokenPipeError:  # the reader went away (`medadv results | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails no more
+        return BROKEN_PIPE
     except ConfigError as error:
         print(f"medadv {args.command}: error: {len(error.problems)} problem(s) in the config; nothing ran:",
               file=sys.stderr)

@@ -4,6 +4,7 @@ once, `run --dry-run` writing nothing, and `run --deterministic` giving bit-iden
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from benchmarks.grid import CONFIG_DIR, load_benchmark, resolve_config
 from benchmarks.runner import RunOptions, cell_record, use_deterministic_algorithms
 from benchmarks.store import ResultsStore
 from lightning_modules.classifier import ClassifierModule
-from tests.benchmarks.cli_runs import run_medadv
+from tests.benchmarks.cli_runs import ROOT, medadv, run_env, run_medadv
 
 
 def test_shipped_configs_resolve_by_name():
@@ -101,6 +102,17 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
     assert sorted(path.name for path in output.iterdir()) == ["results.db"]  # SQLite's -wal/-shm close with it
     with ResultsStore(output / "results.db") as store:
         assert [record.key for record in store.records(status=None)] == [done.key]
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly(tmp_path):
+    """`medadv run --dry-run | head -1`: the pipe closes before the listing is written; no traceback, and the
+    status a shell gives a process ended by SIGPIPE."""
+    command = [*medadv("run", "--config", str(TINY), "--output", str(tmp_path), "--dry-run")]
+    process = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # no reader: the first write fails with EPIPE
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err
 
 
 @pytest.mark.parametrize(("mode", "lightning", "warn_only"), [("error", True, False), ("warn", "warn", True)])
