@@ -187,7 +187,7 @@ class BenchmarkRunner:
             heartbeat = Heartbeat(store.path, self.worker, self.options.lease_seconds) if leased else nullcontext()
             with progress, heartbeat:
                 try:
-                    ordered = worker_order(pending, index, count)
+                    ordered = worker_order(pending, index, count) if count > 1 else pending
                     for cell, running in (self.claimed if leased else self.started)(ordered, store, summary):
                         summary.abandoned = cell.key
                         progress.started(cell.key)
